@@ -1,0 +1,1 @@
+"""Region-feature extraction (installed as vlbert.features)."""

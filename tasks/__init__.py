@@ -1,0 +1,1 @@
+"""Fine-tuning tasks on the pretrained encoder (installed as vlbert.tasks)."""

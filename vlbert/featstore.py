@@ -1,0 +1,308 @@
+"""The region-feature store: the one HDF5 layout that extraction writes and training reads.
+
+Layout (schema version 1)::
+
+    /                       attrs: schema="vlbert-regions", schema_version=1,
+                                   feature_dim=D, num_classes=C (0: no class data),
+                                   provenance=<JSON string: backend, model, weights, settings, ...>
+    /images/<key>           one group per image, key = escaped image id (see `image_key`)
+        features            [N, D]  float16 or float32, the detector's box-head representation
+        boxes               [N, 4]  float32, absolute pixels, x1 y1 x2 y2
+        class_probs         [N, C]  float16, optional: the detector's class distribution
+        labels              [N]     int64, optional: the detector's top class per box
+        attrs: image_id (original id), image_w, image_h, num_boxes
+
+Each image's arrays are stored contiguously, so a random read by image id is one seek
+per array. A file is always written to ``<path>.tmp`` and renamed into place on close,
+so a half-written file never carries the final name.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import h5py
+import numpy as np
+
+SCHEMA = "vlbert-regions"
+SCHEMA_VERSION = 1
+
+
+class FeatureStoreError(ValueError):
+    """A feature file that cannot serve the request (missing ids, wrong dimension, bad schema)."""
+
+
+def image_key(image_id: str | int) -> str:
+    """HDF5 group name for an image id: '/' separates HDF5 paths, so it is escaped."""
+    return str(image_id).replace("%", "%25").replace("/", "%2F")
+
+
+@dataclass
+class RegionRecord:
+    """One image's regions. Shapes: features [N, D], boxes [N, 4] (x1 y1 x2 y2 pixels)."""
+
+    image_id: str
+    features: np.ndarray
+    boxes: np.ndarray
+    image_w: int
+    image_h: int
+    class_probs: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.features.shape[0])
+
+    def top_labels(self) -> np.ndarray | None:
+        """Detector top class per box: stored labels, else argmax of the class distribution."""
+        if self.labels is not None:
+            return self.labels
+        if self.class_probs is not None:
+            return self.class_probs.argmax(-1).astype(np.int64)
+        return None
+
+
+def validate_record(record: RegionRecord, feature_dim: int, num_classes: int) -> None:
+    """Raise FeatureStoreError when a record's arrays disagree with each other or with the file."""
+    n = record.features.shape[0]
+    where = f"image {record.image_id!r}"
+    if record.features.ndim != 2 or record.features.shape[1] != feature_dim:
+        raise FeatureStoreError(f"{where}: features have shape {record.features.shape}, expected [N, {feature_dim}]")
+    if record.boxes.shape != (n, 4):
+        raise FeatureStoreError(f"{where}: boxes have shape {record.boxes.shape}, expected [{n}, 4]")
+    if record.image_w <= 0 or record.image_h <= 0:
+        raise FeatureStoreError(f"{where}: image size {record.image_w}x{record.image_h} is not positive")
+    if record.class_probs is not None and record.class_probs.shape != (n, num_classes):
+        raise FeatureStoreError(
+            f"{where}: class_probs have shape {record.class_probs.shape}, expected [{n}, {num_classes}]"
+        )
+    if record.labels is not None and record.labels.shape != (n,):
+        raise FeatureStoreError(f"{where}: labels have shape {record.labels.shape}, expected [{n}]")
+    if not np.isfinite(record.features).all():
+        raise FeatureStoreError(f"{where}: features contain NaN or Inf")
+
+
+class FeatureWriter:
+    """Write a feature file atomically: records go to ``<path>.tmp``, renamed to ``path`` on close.
+
+    An existing ``path`` is never overwritten unless ``overwrite=True``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        feature_dim: int,
+        num_classes: int = 0,
+        provenance: dict | None = None,
+        dtype: str = "float16",
+        overwrite: bool = False,
+    ) -> None:
+        if dtype not in ("float16", "float32"):
+            raise FeatureStoreError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} exists; choose another output or pass overwrite=True")
+        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
+        self.feature_dim = int(feature_dim)
+        self.num_classes = int(num_classes)
+        self.dtype = dtype
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(self.tmp_path, "w")
+        self._file.attrs["schema"] = SCHEMA
+        self._file.attrs["schema_version"] = SCHEMA_VERSION
+        self._file.attrs["feature_dim"] = self.feature_dim
+        self._file.attrs["num_classes"] = self.num_classes
+        self._file.attrs["dtype"] = dtype
+        self._file.attrs["provenance"] = json.dumps(provenance or {}, sort_keys=True)
+        self._images = self._file.create_group("images")
+        self.count = 0
+
+    def add(self, record: RegionRecord) -> None:
+        validate_record(record, self.feature_dim, self.num_classes)
+        key = image_key(record.image_id)
+        if key in self._images:
+            raise FeatureStoreError(f"image {record.image_id!r} was already written to {self.path}")
+        group = self._images.create_group(key)
+        group.create_dataset("features", data=np.asarray(record.features, dtype=self.dtype))
+        group.create_dataset("boxes", data=np.asarray(record.boxes, dtype=np.float32))
+        if record.class_probs is not None:
+            group.create_dataset("class_probs", data=np.asarray(record.class_probs, dtype=np.float16))
+        if record.labels is not None:
+            group.create_dataset("labels", data=np.asarray(record.labels, dtype=np.int64))
+        group.attrs["image_id"] = str(record.image_id)
+        group.attrs["image_w"] = int(record.image_w)
+        group.attrs["image_h"] = int(record.image_h)
+        group.attrs["num_boxes"] = record.num_boxes
+        self.count += 1
+
+    def close(self) -> Path:
+        """Flush, close and move the finished file into place; returns its path."""
+        if self._file is None:
+            return self.path
+        self._file.attrs["num_images"] = self.count
+        self._file.close()
+        self._file = None
+        os.replace(self.tmp_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the unfinished temporary file; the final path is left untouched."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "FeatureWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            shards = sorted(p.glob("*.h5"))
+            if not shards:
+                raise FeatureStoreError(f"{p} is a directory without *.h5 feature files")
+            out.extend(shards)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FeatureStoreError(f"feature file {p} does not exist; run `vlbert extract` or `vlbert synth` first")
+    return out
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """File-level attributes of one feature file, with provenance decoded."""
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("schema") != SCHEMA:
+            raise FeatureStoreError(f"{path} is not a vlbert region-feature file (no schema={SCHEMA!r} attribute)")
+        version = int(f.attrs["schema_version"])
+        if version > SCHEMA_VERSION:
+            raise FeatureStoreError(
+                f"{path} has schema version {version}; this vlbert reads up to {SCHEMA_VERSION}: upgrade vlbert"
+            )
+        return {
+            "schema_version": version,
+            "feature_dim": int(f.attrs["feature_dim"]),
+            "num_classes": int(f.attrs["num_classes"]),
+            "dtype": str(f.attrs.get("dtype", "float32")),
+            "provenance": json.loads(f.attrs.get("provenance", "{}")),
+        }
+
+
+class FeatureStore:
+    """Random access to region features by image id across one or more files (shards).
+
+    The index of ids is built once at construction; h5py handles are opened lazily in
+    each process (handles must not cross a DataLoader worker fork).
+    """
+
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
+        self.paths = _expand_paths(paths)
+        headers = [read_header(p) for p in self.paths]
+        first = headers[0]
+        for p, h in zip(self.paths[1:], headers[1:]):
+            for field in ("feature_dim", "num_classes"):
+                if h[field] != first[field]:
+                    raise FeatureStoreError(
+                        f"{p} has {field}={h[field]} but {self.paths[0]} has {first[field]}; "
+                        "shards of one store must come from the same extraction settings"
+                    )
+        self.feature_dim: int = first["feature_dim"]
+        self.num_classes: int = first["num_classes"]
+        self.provenance: dict = first["provenance"]
+        self._location: dict[str, tuple[int, str]] = {}
+        for file_index, p in enumerate(self.paths):
+            with h5py.File(p, "r") as f:
+                for key, group in f["images"].items():
+                    image_id = str(group.attrs.get("image_id", key))
+                    self._location.setdefault(image_id, (file_index, key))
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self._location)
+
+    def __contains__(self, image_id: object) -> bool:
+        return str(image_id) in self._location
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._location)
+
+    @property
+    def has_class_probs(self) -> bool:
+        record = self[next(iter(self._location))] if self._location else None
+        return record is not None and record.class_probs is not None
+
+    def _file(self, index: int) -> h5py.File:
+        if os.getpid() != self._pid:  # forked into a DataLoader worker: never reuse the parent's handles
+            self._handles = {}
+            self._pid = os.getpid()
+        handle = self._handles.get(index)
+        if handle is None:
+            handle = h5py.File(self.paths[index], "r")
+            self._handles[index] = handle
+        return handle
+
+    def __getitem__(self, image_id: str | int) -> RegionRecord:
+        image_id = str(image_id)
+        try:
+            file_index, key = self._location[image_id]
+        except KeyError:
+            raise FeatureStoreError(
+                f"image id {image_id!r} is not in the feature store {[str(p) for p in self.paths]}"
+            ) from None
+        group = self._file(file_index)["images"][key]
+        return RegionRecord(
+            image_id=image_id,
+            features=group["features"][()].astype(np.float32, copy=False),
+            boxes=group["boxes"][()],
+            image_w=int(group.attrs["image_w"]),
+            image_h=int(group.attrs["image_h"]),
+            class_probs=group["class_probs"][()].astype(np.float32) if "class_probs" in group else None,
+            labels=group["labels"][()] if "labels" in group else None,
+        )
+
+    def num_boxes(self, image_id: str | int) -> int:
+        file_index, key = self._location[str(image_id)]
+        return int(self._file(file_index)["images"][key].attrs["num_boxes"])
+
+    def check_ids(self, needed: Iterable[str | int], what: str = "the annotations") -> None:
+        """Fail before training when ids that `what` need are missing, listing them."""
+        missing = sorted({str(i) for i in needed} - self._location.keys())
+        if missing:
+            shown = ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
+            raise FeatureStoreError(
+                f"{len(missing)} image id(s) used by {what} have no features in "
+                f"{[str(p) for p in self.paths]}: {shown}. Extract features for these images "
+                "(vlbert extract) or drop them from the annotations."
+            )
+
+    def check_feature_dim(self, expected: int, where: str = "the model config") -> None:
+        if expected != self.feature_dim:
+            raise FeatureStoreError(
+                f"the feature store has {self.feature_dim}-d region features but {where} expects "
+                f"{expected}; set region_feature_dim: {self.feature_dim} or use features from a matching detector"
+            )
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = {}  # pickled into spawned workers without open handles
+        return state
