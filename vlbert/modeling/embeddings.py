@@ -1,0 +1,70 @@
+"""Text and region embeddings, the two halves of the single stream."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlbert.modeling.config import VLBertConfig
+
+
+class TextEmbeddings(nn.Module):
+    """BERT's embeddings: word + position + token type, LayerNorm, dropout. Names match HF BERT."""
+
+    def __init__(self, config: VLBertConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, T] -> [B, T, H]."""
+        length = input_ids.shape[1]
+        if length > self.position_embeddings.num_embeddings:
+            raise ValueError(f"text of {length} tokens exceeds max_position_embeddings {self.position_embeddings.num_embeddings}")
+        positions = torch.arange(length, device=input_ids.device)
+        embeddings = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        if token_type_ids is None:
+            embeddings = embeddings + self.token_type_embeddings.weight[0]
+        else:
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class RegionEmbeddings(nn.Module):
+    """Region features (and their 7-d box locations) projected into the hidden space.
+
+    "uniter": LN(W_f f) + LN(W_l loc) + text type embedding 1, LayerNorm, dropout.
+    "visualbert": W_f f + visual type embedding 1 + visual position embedding 0, then the text
+    LayerNorm (VisualBERT normalises the concatenated sequence with a single LayerNorm).
+    """
+
+    def __init__(self, config: VLBertConfig) -> None:
+        super().__init__()
+        self.style = config.region_embedding
+        hidden = config.hidden_size
+        self.feature_proj = nn.Linear(config.region_feature_dim, hidden)
+        self.location_proj = nn.Linear(config.region_location_dim, hidden) if config.region_location_dim else None
+        if self.style == "uniter":
+            self.feature_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+            self.location_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps) if self.location_proj else None
+            self.LayerNorm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        else:
+            self.type_embeddings = nn.Embedding(config.type_vocab_size, hidden)
+            self.position_embeddings = nn.Embedding(config.max_position_embeddings, hidden)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, features: torch.Tensor, locations: torch.Tensor | None, text: TextEmbeddings) -> torch.Tensor:
+        """features [B, R, D], locations [B, R, 7] -> [B, R, H]; `text` lends its shared parameters."""
+        if self.style == "uniter":
+            embeddings = self.feature_norm(self.feature_proj(features))
+            if self.location_proj is not None:
+                embeddings = embeddings + self.location_norm(self.location_proj(locations))
+            embeddings = self.LayerNorm(embeddings + text.token_type_embeddings.weight[1])
+        else:
+            embeddings = self.feature_proj(features) + self.type_embeddings.weight[1] + self.position_embeddings.weight[0]
+            if self.location_proj is not None:
+                embeddings = embeddings + self.location_proj(locations)
+            embeddings = text.LayerNorm(embeddings)
+        return self.dropout(embeddings)
