@@ -73,7 +73,7 @@ def _caption_inventory(scene: Scene, rng: np.random.Generator) -> str:
     parts = [describe(scene.objects[i], bool(rng.random() < 0.3)) for i in chosen]
     listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     if n <= 3:
-        return f"{count_phrase(n, 'shape')}: {listed}"
+        return f"{listed} are the {count_phrase(n, 'shape')} in the image"
     return f"{count_phrase(n, 'shape')} including {listed}"
 
 
@@ -206,13 +206,14 @@ def _q_exists(scene: Scene, rng: np.random.Generator) -> Question:
 
 def _q_relation(scene: Scene, rng: np.random.Generator) -> Question | None:
     """Colour or shape of the single object in one direction of a uniquely named anchor."""
-    anchor = int(rng.integers(len(scene.objects)))
-    a = scene.objects[anchor]
-    if len(_unique(scene, color=a.color, shape=a.shape)) != 1:
-        return None
-    relation = RELATIONS[int(rng.integers(len(RELATIONS)))]
-    targets = [i for i in range(len(scene.objects)) if i != anchor and scene.relation(i, anchor) == relation]
-    if len(targets) != 1:
+    for _attempt in range(8):  # most (anchor, direction) pairs have zero or several targets
+        anchor = int(rng.integers(len(scene.objects)))
+        a = scene.objects[anchor]
+        relation = RELATIONS[int(rng.integers(len(RELATIONS)))]
+        targets = [i for i in range(len(scene.objects)) if i != anchor and scene.relation(i, anchor) == relation]
+        if len(targets) == 1 and len(_unique(scene, color=a.color, shape=a.shape)) == 1:
+            break
+    else:
         return None
     target = scene.objects[targets[0]]
     where = f"{RELATION_PHRASES[relation]} the {a.color} {a.shape}"
