@@ -306,7 +306,9 @@ def generate_world(
             qs = {i: questions[i] for i in members}
             formats.write_json(root / "vqa" / f"questions_{name}.json", formats.vqa_questions(name, qs))
             formats.write_json(root / "vqa" / f"annotations_{name}.json", formats.vqa_annotations(name, qs, answers))
-        formats.write_json(root / "retrieval" / "dataset_synth.json", formats.karpathy([(i, split_of[i]) for i in ids], captions))
+        formats.write_json(
+            root / "retrieval" / "dataset_synth.json", formats.karpathy([(i, split_of[i]) for i in ids], captions)
+        )
         formats.write_json(root / "boxes.json", {str(i): [list(o.box) for o in scenes[i].objects] for i in ids})
         formats.write_json(
             root / "scenes.json",
@@ -319,7 +321,8 @@ def generate_world(
             },
         )
 
-        used = {w for i in ids for text in captions[i] + [q.question for q in questions[i]] + sum(answers[i], []) for w in words(text)}
+        texts = [t for i in ids for t in captions[i] + [q.question for q in questions[i]] + sum(answers[i], [])]
+        used = {w for text in texts for w in words(text)}
         stray = used - LEXICON
         if stray:  # a template emitted a word outside the fixed lexicon: the vocabulary would depend on the seed
             raise RuntimeError(f"synthetic text uses words outside LEXICON: {sorted(stray)}")

@@ -1,0 +1,110 @@
+"""Writing a converted model: check the tensors against the modules they will load into, then
+write the directory under a temporary name and rename it, so a failed conversion leaves nothing
+behind and an existing directory is never written into."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from vlbert.convert.state import ConversionError, ConversionReport
+from vlbert.modeling.config import VLBertConfig
+from vlbert.modeling.heads import ITMHead, MLMHead, RegionClassHead, RegionFeatureHead
+from vlbert.modeling.model import VLBertModel
+from vlbert.modeling.pretrained import save_pretrained
+
+HEADS = ("mlm_head", "itm_head", "mrfr_head", "mrc_head")
+
+
+def check_output_path(dst: str | os.PathLike, src: str | os.PathLike) -> Path:
+    """DST must not be SRC and must not exist (or be an empty directory): nothing of the user's is overwritten."""
+    dst, src = Path(dst), Path(src)
+    if dst.resolve() == src.resolve():
+        raise ConversionError(f"--out {dst} is the source itself; choose a new directory")
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ConversionError(f"--out {dst} already exists and is not empty; choose a new directory (nothing is overwritten)")
+    return dst
+
+
+@contextlib.contextmanager
+def new_directory(dst: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of `dst` to write into; on success it becomes `dst`, on error it is removed."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.converting-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if dst.exists():
+            dst.rmdir()  # empty, checked by check_output_path
+        tmp.rename(dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def vlbert_modules(config: VLBertConfig, heads: list[str]) -> nn.Module:
+    """The encoder as "vlbert" plus the named heads, laid out as in a vlbert model directory."""
+    unknown = sorted(set(heads) - set(HEADS))
+    if unknown:
+        raise ValueError(f"unknown head(s) {unknown}; known: {HEADS}")
+    holder = nn.Module()
+    holder.vlbert = VLBertModel(config)
+    if "mlm_head" in heads:
+        holder.mlm_head = MLMHead(config, holder.vlbert.text_embeddings.word_embeddings)
+    if "itm_head" in heads:
+        holder.itm_head = ITMHead(config)
+    if "mrfr_head" in heads:
+        holder.mrfr_head = RegionFeatureHead(config, holder.vlbert.region_embeddings.feature_proj)
+    if "mrc_head" in heads:
+        holder.mrc_head = RegionClassHead(config)
+    return holder
+
+
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], origin: dict[str, str], source: str) -> None:
+    """Load `state` into `module`, every key and shape required; errors name the source tensors."""
+    own = module.state_dict()
+    problems = []
+    for key, value in state.items():
+        if key not in own:
+            raise AssertionError(f"converter produced {key!r}, which the vlbert modules do not have")
+        if tuple(value.shape) != tuple(own[key].shape):
+            problems.append(
+                f"{origin.get(key, key)} has shape {tuple(value.shape)} but vlbert {key} needs {tuple(own[key].shape)}"
+            )
+    missing = [key for key in own if key not in state]
+    if problems or missing:
+        raise ConversionError(
+            f"{source} does not fit the configuration read from it (mismatched sizes?):\n  "
+            + "\n  ".join(problems + [f"no source tensor for vlbert {key}" for key in missing])
+        )
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def write_vlbert_directory(
+    dst: str | os.PathLike,
+    config: VLBertConfig,
+    state: dict[str, torch.Tensor],
+    origin: dict[str, str],
+    report: ConversionReport,
+    tokenizer=None,
+) -> Path:
+    """Check `state` (vlbert keys: "vlbert.*", "<name>_head.*") against fresh modules and save them
+    as a vlbert model directory with conversion.json (the report) beside the weights."""
+    heads = sorted({key.split(".")[0] for key in state} - {"vlbert"})
+    module = vlbert_modules(config, heads)
+    load_checked(module, state, origin, report.source)
+    if tokenizer is not None and len(tokenizer) > config.vocab_size:
+        raise ConversionError(
+            f"the tokenizer has {len(tokenizer)} tokens but the checkpoint's vocabulary has {config.vocab_size}; "
+            "pass the tokenizer the checkpoint was trained with (--tokenizer)"
+        )
+    report.converted = dict(origin)
+    with new_directory(dst) as tmp:
+        save_pretrained(tmp, module, config, tokenizer, None, {"conversion.json": report.to_dict()})
+    return Path(dst)

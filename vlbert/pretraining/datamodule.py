@@ -1,0 +1,128 @@
+"""PretrainDataModule: caption annotations + a feature store -> pretraining batches."""
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from vlbert.data.annotations import load_pairs
+from vlbert.data.samplers import EpochSampler, TaskBatchSampler
+from vlbert.data.tokenizer import load_tokenizer
+from vlbert.featstore import FeatureStore, FeatureStoreError
+from vlbert.pretraining.dataset import PretrainDataset, collate_pretrain
+from vlbert.pretraining.objectives import Objectives
+
+
+class PretrainDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        features: str | list[str],
+        train_annotations: str,
+        tokenizer: str,
+        val_annotations: str | None = None,
+        image_id_format: str = "{image_id}",
+        max_text_len: int = 40,
+        max_regions: int = 100,
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        bucket_by_length: bool = True,
+        seed: int = 0,
+        objectives: Objectives = Objectives(),
+    ) -> None:
+        """
+        Args:
+            features: HDF5 feature file(s) or a directory of shards (vlbert extract / synth).
+            train_annotations: caption pairs, JSONL ({"image_id", "caption"}) or COCO captions JSON.
+            tokenizer: HF tokenizer name or local directory.
+            val_annotations: held-out caption pairs for validation metrics.
+            image_id_format: maps annotation image ids to feature-store ids.
+            max_text_len: captions are truncated to this many tokens ([CLS] and [SEP] included).
+            max_regions: at most this many regions per image (the detector's first, highest-scoring).
+            batch_size: examples per device per step.
+            num_workers: DataLoader worker processes.
+            bucket_by_length: group captions of similar length into batches (less padding).
+            seed: masking / negative sampling / shuffling seed.
+            objectives: linked from the model's objectives by the CLI.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.objectives = objectives
+        self.tokenizer = None
+        self.store = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.store is not None:
+            return
+        hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.tokenizer)
+        self.store = FeatureStore(hp.features)
+        self.datasets = {}
+        for split, path in (("train", hp.train_annotations), ("val", hp.val_annotations)):
+            if path is None:
+                continue
+            pairs = load_pairs(path, hp.image_id_format)
+            self.store.check_ids([p.image_id for p in pairs], f"{split} annotations {path}")
+            self.datasets[split] = PretrainDataset(
+                pairs, self.store, self.tokenizer, self.objectives, hp.max_text_len, hp.max_regions, hp.seed
+            )
+        if self.objectives.needs_class_probs and not self.store.has_class_probs:
+            raise FeatureStoreError(
+                "objectives.mrc_kl > 0 needs the detector's class distributions, but the feature store has no "
+                "class_probs; set objectives.mrc_kl: 0 (and use mrc with labels, or mrfr only)"
+            )
+        if self.objectives.needs_class_labels and self.store.num_classes == 0:
+            raise FeatureStoreError("objectives.mrc > 0 needs detector class labels; the feature store has none: set objectives.mrc: 0")
+
+    @property
+    def feature_header(self) -> dict:
+        return {"feature_dim": self.store.feature_dim, "num_classes": self.store.num_classes, "provenance": self.store.provenance}
+
+    def _loader(self, split: str, train: bool, resume: dict | None = None) -> DataLoader:
+        hp = self.hparams
+        dataset = self.datasets[split]
+        objectives = self.objectives
+        if train and objectives.mixing == "sample":
+            tasks, weights = objectives.enabled(), [objectives.weights()[t] for t in objectives.enabled()]
+        elif train:
+            tasks, weights = ["mix"], None
+        else:
+            tasks, weights = objectives.enabled(), None
+        batch_sampler = TaskBatchSampler(
+            EpochSampler(len(dataset), shuffle=train, seed=hp.seed),
+            batch_size=hp.batch_size if train else (hp.val_batch_size or hp.batch_size),
+            drop_last=False,
+            tasks=tasks,
+            weights=weights,
+            every_task=not train,
+            lengths=dataset.text_lengths() if (train and hp.bucket_by_length) else None,
+            seed=hp.seed,
+            resume_epoch=(resume or {}).get("epoch", -1),
+            resume_batches=(resume or {}).get("batches", 0),
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=hp.num_workers,
+            collate_fn=partial(collate_pretrain, pad_token_id=self.tokenizer.pad_token_id),
+            persistent_workers=hp.num_workers > 0,
+            pin_memory=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        resume, self._resume = getattr(self, "_resume", None), None
+        return self._loader("train", train=True, resume=resume)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", train=False) if "val" in self.datasets else []
+
+    # Exact resume: remember how far into its epoch the run was, and skip those batches.
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.ready}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state or None

@@ -1,0 +1,124 @@
+"""The pretraining dataset: caption pairs + region features -> masked / negative examples.
+
+Every random choice for an example comes from an RNG seeded by (seed, epoch, index, task),
+so an example is the same whichever worker builds it and whether or not the run was resumed.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vlbert.data.annotations import CaptionPair
+from vlbert.data.collate import collate_inputs, pad_stack
+from vlbert.data.regions import box_locations
+from vlbert.featstore import FeatureStore
+from vlbert.pretraining.masking import IGNORE_INDEX, mask_regions, mask_tokens
+from vlbert.pretraining.objectives import REGION_TASKS, TASKS, Objectives
+
+TASK_CODES = {task: code for code, task in enumerate(TASKS + ("mix",))}
+
+
+class PretrainDataset(Dataset):
+    def __init__(
+        self,
+        pairs: Sequence[CaptionPair],
+        store: FeatureStore,
+        tokenizer,
+        objectives: Objectives,
+        max_text_len: int = 40,
+        max_regions: int = 100,
+        seed: int = 0,
+    ) -> None:
+        self.pairs = list(pairs)
+        self.store = store
+        self.objectives = objectives
+        self.max_regions = max_regions
+        self.seed = seed
+        self.image_ids = sorted({p.image_id for p in self.pairs})
+        self.image_position = {image_id: i for i, image_id in enumerate(self.image_ids)}
+        if objectives.itm > 0 and len(self.image_ids) < 2:
+            raise ValueError("ITM needs captions of at least 2 different images to draw negatives")
+        encoded = tokenizer([p.caption for p in self.pairs], truncation=True, max_length=max_text_len)["input_ids"]
+        self.input_ids = [np.asarray(ids, dtype=np.int64) for ids in encoded]
+        self.mask_token_id = tokenizer.mask_token_id
+        self.vocab_size = len(tokenizer)
+        self.special_ids = frozenset(tokenizer.all_special_ids)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def text_lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+    def __getitem__(self, key: tuple[int, str, int] | int) -> dict:
+        index, task, epoch = (key, "mix", 0) if isinstance(key, int) else key
+        rng = np.random.default_rng([self.seed, epoch, index, TASK_CODES[task]])
+        pair = self.pairs[index]
+        objectives = self.objectives
+        itm_label = IGNORE_INDEX
+        mask_text = mask_image = False
+        if task == "itm":
+            itm_label = int(rng.random() >= objectives.itm_negative_prob)
+        elif task == "mlm":
+            mask_text = True
+        elif task in REGION_TASKS:
+            mask_image = True
+        else:  # "mix": one role per example; masked modelling only on matched pairs
+            if objectives.itm > 0:
+                itm_label = int(rng.random() >= objectives.itm_negative_prob)
+            if itm_label != 0:
+                modalities = [m for m, on in (("text", objectives.mlm > 0), ("image", any(getattr(objectives, t) > 0 for t in REGION_TASKS))) if on]
+                if modalities:
+                    choice = modalities[rng.integers(len(modalities))]
+                    mask_text, mask_image = choice == "text", choice == "image"
+        image_id = pair.image_id if itm_label != 0 else self._negative_image(pair.image_id, rng)
+        record = self.store[image_id]
+        features = record.features[: self.max_regions]
+        locations = box_locations(record.boxes[: self.max_regions], record.image_w, record.image_h)
+
+        input_ids, mlm_labels = self.input_ids[index], np.full(len(self.input_ids[index]), IGNORE_INDEX)
+        if mask_text:
+            input_ids, mlm_labels = mask_tokens(
+                input_ids, rng, self.mask_token_id, self.vocab_size, self.special_ids, objectives.text_mask_prob
+            )
+        region_masked = mask_regions(len(features), rng, objectives.region_mask_prob) if mask_image else np.zeros(len(features), bool)
+        example = {
+            "task": task,
+            "input_ids": input_ids,
+            "mlm_labels": mlm_labels,
+            "region_features": np.where(region_masked[:, None], 0.0, features).astype(np.float32),
+            "region_locations": locations,
+            "region_masked": region_masked,
+            "region_targets": features[region_masked],
+            "itm_label": itm_label,
+        }
+        labels = record.top_labels()
+        if labels is not None:
+            example["region_labels"] = labels[: self.max_regions][region_masked]
+        if record.class_probs is not None:
+            example["region_probs"] = record.class_probs[: self.max_regions][region_masked]
+        return example
+
+    def _negative_image(self, image_id: str, rng: np.random.Generator) -> str:
+        """A uniformly drawn image that is never the caption's own."""
+        own = self.image_position[image_id]
+        pick = int(rng.integers(len(self.image_ids) - 1))
+        return self.image_ids[pick + (pick >= own)]
+
+
+def collate_pretrain(examples: list[dict], pad_token_id: int = 0) -> dict:
+    """Pad a list of examples into a batch; masked-region targets are concatenated [M, ...]."""
+    batch = collate_inputs(examples, pad_token_id)
+    batch["mlm_labels"] = pad_stack([e["mlm_labels"] for e in examples], IGNORE_INDEX, torch.long)
+    batch["region_masked"] = pad_stack([e["region_masked"] for e in examples], False, torch.bool)
+    batch["region_targets"] = torch.from_numpy(np.concatenate([e["region_targets"] for e in examples])).float()
+    batch["itm_labels"] = torch.tensor([e["itm_label"] for e in examples], dtype=torch.long)
+    for key in ("region_labels", "region_probs"):
+        if all(key in e for e in examples):
+            batch[key] = torch.from_numpy(np.concatenate([e[key] for e in examples]))
+    tasks = {e["task"] for e in examples}
+    batch["task"] = tasks.pop() if len(tasks) == 1 else "mix"
+    return batch

@@ -1,0 +1,204 @@
+"""PretrainModule: the LightningModule that pretrains VLBertForPretraining."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+
+from vlbert.modeling.config import VLBertConfig
+from vlbert.modeling.model import VLBertForPretraining
+from vlbert.modeling.pretrained import load_bert_into
+from vlbert.pretraining.masking import IGNORE_INDEX
+from vlbert.pretraining.objectives import (
+    REGION_TASKS,
+    Objectives,
+    itm_loss,
+    mlm_loss,
+    mrc_kl_loss,
+    mrc_loss,
+    mrfr_loss,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Optimization:
+    """AdamW with linear warm-up then linear decay to zero over the run."""
+
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup: float = 0.1  # a fraction of the total steps when < 1, else a number of steps
+
+
+def as_dataclass(cls, value):
+    """Accept a dataclass or its dict form (checkpoints store plain dicts, so they load with weights_only)."""
+    return value if isinstance(value, cls) else cls(**value)
+
+
+def build_optimizer(module: L.LightningModule, optimization: Optimization):
+    """AdamW without weight decay on biases and LayerNorm weights; warm-up + linear decay schedule."""
+    decay, no_decay = [], []
+    for parameter in module.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": optimization.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=optimization.lr,
+        betas=tuple(optimization.betas),
+        eps=optimization.eps,
+        fused=module.device.type == "cuda",
+    )
+    total = max(int(module.trainer.estimated_stepping_batches), 1)
+    warmup = int(optimization.warmup * total) if optimization.warmup < 1 else int(optimization.warmup)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(total - warmup, 1))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class PretrainModule(L.LightningModule):
+    def __init__(
+        self,
+        model: VLBertConfig = VLBertConfig(),
+        bert: str | None = None,
+        init_from: str | None = None,
+        objectives: Objectives = Objectives(),
+        optimization: Optimization = Optimization(),
+        export_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            model: model sizes. With `bert` set, the text sizes (vocab, hidden, layers, heads, ...)
+                come from that checkpoint's config and only the region settings here apply.
+            bert: a HF BERT checkpoint (local directory, or hub name on a networked machine) whose
+                embeddings and encoder initialise the model; the region layers start new.
+            init_from: a vlbert model directory (save_pretrained / vlbert export) to continue from.
+            objectives: which pretraining objectives run, their weights and how they mix.
+            optimization: AdamW and learning-rate schedule settings.
+            export_dir: when set, the trained model is saved there (save_pretrained) when fit ends.
+        """
+        super().__init__()
+        model, objectives, optimization = (
+            as_dataclass(VLBertConfig, model),
+            as_dataclass(Objectives, objectives),
+            as_dataclass(Optimization, optimization),
+        )
+        if init_from:
+            self.net = VLBertForPretraining.from_pretrained(init_from)
+        elif bert:
+            region = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name.startswith("region") or f.name in ("num_region_classes", "gradient_checkpointing")}
+            self.net = VLBertForPretraining(VLBertConfig.from_bert(bert, **region))
+            report = load_bert_into(self.net, bert)
+            log.info("initialised from BERT %s; new: %s", bert, report["missing"])
+        else:
+            self.net = VLBertForPretraining(model)
+        self.config = self.net.config
+        self.objectives = objectives
+        self.optimization = optimization
+        self.export_dir = export_dir
+        self.save_hyperparameters(
+            {
+                "model": self.config.to_dict(),  # the config actually built, whatever it came from
+                "bert": bert,
+                "init_from": init_from,
+                "objectives": dataclasses.asdict(objectives),
+                "optimization": dataclasses.asdict(optimization),
+                "export_dir": export_dir,
+            }
+        )
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or datamodule.store is None:
+            return
+        store, tokenizer = datamodule.store, datamodule.tokenizer
+        store.check_feature_dim(self.config.region_feature_dim, "model.region_feature_dim")
+        if len(tokenizer) > self.config.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is {self.config.vocab_size}; "
+                f"set model.vocab_size: {len(tokenizer)}"
+            )
+        if (self.objectives.mrc > 0 or self.objectives.mrc_kl > 0) and self.config.num_region_classes != store.num_classes:
+            raise ValueError(
+                f"region classification needs model.num_region_classes == the detector's {store.num_classes} classes "
+                f"(got {self.config.num_region_classes}); set model.num_region_classes: {store.num_classes}"
+            )
+
+    def compute(self, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """Loss (and accuracy where it has one) of every objective the batch carries."""
+        task, weights = batch["task"], self.objectives.weights()
+        output = self.net.vlbert(
+            batch["input_ids"], batch["text_mask"], batch["region_features"], batch["region_locations"], batch["region_mask"]
+        )
+        text_length = batch["input_ids"].shape[1]
+        results: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        if task in ("mlm", "mix") and weights["mlm"] > 0:
+            positions = batch["mlm_labels"] != IGNORE_INDEX
+            if positions.any():
+                logits = self.net.mlm_head(output.sequence_output[:, :text_length][positions])
+                results["mlm"] = mlm_loss(logits, batch["mlm_labels"][positions])
+        region_tasks = [task] if task in REGION_TASKS else [t for t in REGION_TASKS if weights[t] > 0 and task == "mix"]
+        if region_tasks and batch["region_masked"].any():
+            hidden = output.sequence_output[:, text_length:][batch["region_masked"]]
+            if "mrfr" in region_tasks:
+                results["mrfr"] = (mrfr_loss(self.net.mrfr_head(hidden), batch["region_targets"]), None)
+            if "mrc" in region_tasks:
+                results["mrc"] = mrc_loss(self.net.mrc_head(hidden), batch["region_labels"])
+            if "mrc_kl" in region_tasks:
+                logits = self.net.mrc_head(hidden)
+                results["mrc_kl"] = (mrc_kl_loss(logits, batch["region_probs"]), (logits.argmax(-1) == batch["region_probs"].argmax(-1)).float().mean())
+        if task in ("itm", "mix") and weights["itm"] > 0:
+            valid = batch["itm_labels"] != IGNORE_INDEX
+            if valid.any():
+                results["itm"] = itm_loss(self.net.itm_head(output.pooled_output[valid]), batch["itm_labels"][valid])
+        return results
+
+    def _log_results(self, stage: str, results: dict, batch_size: int) -> None:
+        on_step = stage == "train"
+        for name, (loss, accuracy) in results.items():
+            self.log(f"{stage}/{name}_loss", loss, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
+            if accuracy is not None:
+                self.log(f"{stage}/{name}_acc", accuracy, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        results = self.compute(batch)
+        weights = self.objectives.weights()
+        if self.objectives.mixing == "sample":
+            loss = sum(loss for loss, _ in results.values())  # one task per batch: its plain loss
+        else:
+            loss = sum(weights[name] * loss for name, (loss, _) in results.items())
+        # One task per step leaves the other heads without gradients; DDP (without
+        # find_unused_parameters) needs every parameter in the graph, so they join with weight 0.
+        idle = [m for m in (self.net.mlm_head, self.net.mrfr_head, self.net.mrc_head, self.net.itm_head, self.net.vlbert.pooler) if m is not None]
+        loss = loss + sum(p.sum() for m in idle for p in m.parameters()) * 0.0
+        self._log_results("train", results, len(batch["input_ids"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._log_results("val", self.compute(batch), len(batch["input_ids"]))
+
+    def configure_optimizers(self):
+        return build_optimizer(self, self.optimization)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and getattr(datamodule, "store", None) is not None:
+            checkpoint["vlbert_features"] = datamodule.feature_header
+            checkpoint["vlbert_tokenizer"] = str(datamodule.hparams.tokenizer)
+
+    def on_fit_end(self) -> None:
+        if self.export_dir and self.trainer.is_global_zero:
+            datamodule = self.trainer.datamodule
+            self.net.save_pretrained(self.export_dir, datamodule.tokenizer, datamodule.feature_header)
+            log.info("exported the pretrained model to %s", self.export_dir)
