@@ -261,7 +261,7 @@ def test_refuses_foreign_files(tmp_path, capsys):
         generate_world(foreign, num_images=10)
     assert synth_main(["--out", str(foreign), "--num-images", "10", "--overwrite"]) == 1
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
-    assert "refusing" in capsys.readouterr().out
+    assert "refusing" in capsys.readouterr().err
 
     world = generate_world(tmp_path / "w", seed=0, num_images=20, feature_dim=8)
     with pytest.raises(FileExistsError, match="other settings"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .world import generate_world
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             verbose=True,
         )
     except (FileExistsError, ValueError) as err:
-        print(f"vlbert synth: {err}")
+        print(f"vlbert synth: {err}", file=sys.stderr)
         return 1
     sizes = ", ".join(f"{s} {len(world.image_ids(s))}" for s in ("train", "val", "test"))
     print(f"images: {sizes}; tokenizer: {world.tokenizer_dir}"
