@@ -7,6 +7,10 @@ from vlbert.pretraining.datamodule import PretrainDataModule
 from vlbert.pretraining.module import PretrainModule
 
 
+def namespace_to_dict(namespace) -> dict:
+    return namespace.as_dict() if hasattr(namespace, "as_dict") else dict(vars(namespace))
+
+
 class PretrainCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -14,7 +18,7 @@ class PretrainCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         # The data builds masked / negative examples for the objectives the model trains.
-        parser.link_arguments("model.objectives", "data.objectives")
+        parser.link_arguments("model.objectives", "data.objectives", compute_fn=namespace_to_dict)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ class PretrainDataModule(L.LightningDataModule):
         num_workers: int = 2,
         bucket_by_length: bool = True,
         seed: int = 0,
-        objectives: Objectives = Objectives(),
+        objectives: dict | None = None,
     ) -> None:
         """
         Args:
@@ -44,11 +44,11 @@ class PretrainDataModule(L.LightningDataModule):
             num_workers: DataLoader worker processes.
             bucket_by_length: group captions of similar length into batches (less padding).
             seed: masking / negative sampling / shuffling seed.
-            objectives: linked from the model's objectives by the CLI.
+            objectives: the model's objectives (the CLI links them; default: Objectives()).
         """
         super().__init__()
         self.save_hyperparameters()
-        self.objectives = objectives
+        self.objectives = Objectives(**objectives) if isinstance(objectives, dict) else (objectives or Objectives())
         self.tokenizer = None
         self.store = None
 
