@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -23,10 +24,10 @@ def test_select_hardest_rejects_bad_counts():
 
 
 def test_sample_negatives_never_returns_right_answers():
-    g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     seen = set()
     for _ in range(200):
-        picked = sample_negatives(12, [0, 5, 6, 11], 5, generator=g).tolist()
+        picked = sample_negatives(12, [0, 5, 6, 11], 5, rng).tolist()
         assert len(set(picked)) == 5
         assert not set(picked) & {0, 5, 6, 11}
         assert all(0 <= p < 12 for p in picked)
@@ -35,9 +36,13 @@ def test_sample_negatives_never_returns_right_answers():
 
 
 def test_sample_negatives_all_available_and_too_many():
-    assert sorted(sample_negatives(6, [2], 5).tolist()) == [0, 1, 3, 4, 5]
+    rng = np.random.default_rng(1)
+    assert sorted(sample_negatives(6, [2], 5, rng).tolist()) == [0, 1, 3, 4, 5]
+    assert sample_negatives(6, [2], 0, rng).shape == (0,)
     with pytest.raises(ValueError, match="cannot sample 6 negatives from 5 candidates"):
-        sample_negatives(6, [2], 6)
+        sample_negatives(6, [2], 6, rng)
+    big = sample_negatives(200_000, list(range(0, 200_000, 40_000)), 50, rng)
+    assert len(set(big.tolist())) == 50 and not set(big.tolist()) & set(range(0, 200_000, 40_000))
 
 
 def test_losses_on_hand_made_scores():
