@@ -1,0 +1,86 @@
+"""Detector backends. Each turns decoded images into regions (features, boxes, class distribution).
+
+A backend module is imported only when its backend is chosen, so detectron2 stays an optional extra.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from vlbert.features.config import ExtractConfig
+from vlbert.features.images import DecodedImage
+
+
+@dataclass
+class ImageRegions:
+    """Kept regions of one image. features [N, D], boxes [N, 4] x1 y1 x2 y2 in the image's own
+    pixels, class_probs [N, C] (None when not stored), labels [N] top foreground class."""
+
+    features: np.ndarray
+    boxes: np.ndarray
+    class_probs: np.ndarray | None
+    labels: np.ndarray | None
+
+
+class Backend(Protocol):
+    feature_dim: int
+    num_classes: int
+
+    def detect(self, images: list[DecodedImage]) -> list[ImageRegions]:
+        """Regions chosen by the detector (box selection of the bottom-up-attention recipe)."""
+
+    def pool(self, images: list[DecodedImage], boxes: list[np.ndarray]) -> list[ImageRegions]:
+        """Regions for given boxes [N_i, 4] (image pixels), in the given order."""
+
+
+_MODULES = {"torchvision": "vlbert.features.backends.torchvision", "detectron2": "vlbert.features.backends.detectron2"}
+
+
+def backend_module(config: ExtractConfig):
+    return importlib.import_module(_MODULES[config.backend])
+
+
+def build_backend(config: ExtractConfig, device: torch.device) -> Backend:
+    return backend_module(config).build(config, device)
+
+
+def model_identity(config: ExtractConfig) -> dict:
+    """What the weights and model are, without building the model (for provenance checks)."""
+    return backend_module(config).model_identity(config)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def regions_from_scores(
+    features: torch.Tensor, boxes: torch.Tensor, probs: torch.Tensor, background_index: int | None,
+    keep_probs: bool,
+) -> ImageRegions:
+    """Pack kept regions; labels are the top foreground class (indices into the class_probs columns)."""
+    foreground = probs.clone()
+    if background_index is not None:
+        foreground[:, background_index] = -1.0
+    labels = foreground.argmax(-1) if probs.shape[0] else torch.zeros(0, dtype=torch.int64)
+    return ImageRegions(
+        features=features.float().cpu().numpy(),
+        boxes=boxes.float().cpu().numpy(),
+        class_probs=probs.float().cpu().numpy() if keep_probs else None,
+        labels=labels.cpu().numpy().astype(np.int64),
+    )
+
+
+def sha256_file(path: str, chunk: int = 1 << 22) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,185 @@
+"""torchvision Faster R-CNN (ResNet-50 FPN, v1 and v2) as a region-feature extractor.
+
+The detector's own modules run in order (transform, backbone, RPN, RoI pooling, box head,
+class predictor); the region feature is the box head's output, the vector the classifier
+reads (1024-d). The detector's own post-processing is replaced by the bottom-up-attention
+box selection (vlbert.features.boxes). Boxes are the proposals the features were pooled on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import numpy as np
+import torch
+import torchvision
+from torchvision.models.detection import (
+    FasterRCNN_ResNet50_FPN_V2_Weights,
+    FasterRCNN_ResNet50_FPN_Weights,
+    fasterrcnn_resnet50_fpn,
+    fasterrcnn_resnet50_fpn_v2,
+)
+
+from vlbert.features.backends import ImageRegions, regions_from_scores, sha256_file
+from vlbert.features.boxes import select_boxes
+from vlbert.features.config import ConfigError, ExtractConfig
+from vlbert.features.images import DecodedImage
+
+log = logging.getLogger(__name__)
+
+_BUILDERS = {
+    "fasterrcnn_resnet50_fpn": (fasterrcnn_resnet50_fpn, FasterRCNN_ResNet50_FPN_Weights),
+    "fasterrcnn_resnet50_fpn_v2": (fasterrcnn_resnet50_fpn_v2, FasterRCNN_ResNet50_FPN_V2_Weights),
+}
+_CLASSIFIER_KEY = "roi_heads.box_predictor.cls_score.weight"
+RANDOM_WEIGHTS_WARNING = (
+    "weights: none -> the detector has RANDOM weights; its features are meaningless and only fit for "
+    "tests. This is recorded in the output file's provenance."
+)
+
+
+def published_weights(config: ExtractConfig):
+    """The torchvision weights enum member for weights: default / COCO_V1 / DEFAULT, else None."""
+    enum = _BUILDERS[config.model][1]
+    name = str(config.weights)
+    if name.lower() == "default":
+        return enum.DEFAULT
+    if name in enum.__members__:
+        return enum[name]
+    return None
+
+
+def model_identity(config: ExtractConfig) -> dict:
+    """Provenance of the detector, computed without building it (a local file is hashed)."""
+    identity = {"model": config.model, "classes": {"background_index": 0}}
+    if config.random_weights:
+        identity["weights"] = {"source": "none", "random": True, "seed": config.seed, "warning": RANDOM_WEIGHTS_WARNING}
+        return identity
+    weights = published_weights(config)
+    if weights is not None:
+        identity["weights"] = {"source": "torchvision", "name": f"{type(weights).__name__}.{weights.name}",
+                               "url": weights.url}
+        return identity
+    path = str(config.weights)
+    if not os.path.isfile(path):
+        enum = _BUILDERS[config.model][1]
+        raise ConfigError(
+            f"weights: {path!r} is neither a weights file nor one of default, none, "
+            f"{', '.join(enum.__members__)}"
+        )
+    identity["weights"] = {"source": "file", "file": os.path.basename(path), "sha256": sha256_file(path)}
+    return identity
+
+
+def _load_state_dict(path: str) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # torchvision reference-training checkpoints
+    if not isinstance(state, dict) or _CLASSIFIER_KEY not in state:
+        raise ConfigError(f"weights file {path} is not a torchvision Faster R-CNN state dict (no {_CLASSIFIER_KEY})")
+    return state
+
+
+def build_model(config: ExtractConfig) -> torch.nn.Module:
+    """The torchvision detector in eval mode; never downloads unless weights: default / an enum name."""
+    builder, _ = _BUILDERS[config.model]
+    kwargs = dict(min_size=config.min_size, max_size=config.max_size,
+                  rpn_post_nms_top_n_test=config.proposals,
+                  rpn_pre_nms_top_n_test=max(1000, config.proposals))
+    if config.random_weights:
+        warnings.warn(RANDOM_WEIGHTS_WARNING, stacklevel=2)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(config.seed)  # the same random model in every process and every rerun
+        try:
+            model = builder(weights=None, weights_backbone=None, num_classes=91, **kwargs)
+        finally:
+            torch.random.set_rng_state(generator_state)
+    elif (weights := published_weights(config)) is not None:
+        model = builder(weights=weights, **kwargs)  # torchvision downloads to its cache on first use
+    else:
+        state = _load_state_dict(str(config.weights))
+        num_classes = int(state[_CLASSIFIER_KEY].shape[0])
+        model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+        model.load_state_dict(state)
+    return model.eval()
+
+
+class TorchvisionBackend:
+    """Regions from a torchvision Faster R-CNN. feature_dim 1024, class_probs over C classes
+    (91 for COCO, index 0 = background)."""
+
+    background_index = 0
+
+    def __init__(self, config: ExtractConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.model = build_model(config).to(device)
+        heads = self.model.roi_heads
+        self.feature_dim = int(heads.box_predictor.cls_score.in_features)
+        self.num_classes = int(heads.box_predictor.cls_score.out_features)
+
+    def _prepare(self, images: list[DecodedImage]):
+        tensors = [image.pixels.to(self.device, non_blocking=True).float().div_(255.0) for image in images]
+        image_list, _ = self.model.transform(tensors)
+        features = self.model.backbone(image_list.tensors)
+        return image_list, features
+
+    def _heads(self, features, boxes: list[torch.Tensor], image_sizes) -> tuple[torch.Tensor, torch.Tensor]:
+        heads = self.model.roi_heads
+        pooled = heads.box_roi_pool(features, boxes, image_sizes)
+        representation = heads.box_head(pooled)  # [sum K, D]: what the classifier reads
+        class_logits, _ = heads.box_predictor(representation)
+        return representation, torch.softmax(class_logits.float(), dim=-1)
+
+    @staticmethod
+    def _scale(images: list[DecodedImage], image_sizes) -> list[torch.Tensor]:
+        """Per image (sx, sy, sx, sy): detector-input pixels -> the image's own pixels."""
+        return [
+            torch.tensor([image.width / w, image.height / h] * 2, dtype=torch.float32)
+            for image, (h, w) in zip(images, image_sizes)
+        ]
+
+    @torch.inference_mode()
+    def detect(self, images: list[DecodedImage]) -> list[ImageRegions]:
+        image_list, features = self._prepare(images)
+        proposals, _ = self.model.rpn(image_list, features)
+        representation, probs = self._heads(features, proposals, image_list.image_sizes)
+        counts = [len(p) for p in proposals]
+        out = []
+        for image, boxes, feats, prob, scale in zip(
+            images, proposals, representation.split(counts), probs.split(counts), self._scale(images, image_list.image_sizes)
+        ):
+            keep = select_boxes(boxes, prob[:, 1:], self.config.selection)
+            kept_boxes = boxes[keep].cpu() * scale
+            kept_boxes = _clip(kept_boxes, image.width, image.height)
+            out.append(regions_from_scores(feats[keep], kept_boxes, prob[keep], self.background_index,
+                                           self.config.class_probs))
+        return out
+
+    @torch.inference_mode()
+    def pool(self, images: list[DecodedImage], boxes: list[np.ndarray]) -> list[ImageRegions]:
+        image_list, features = self._prepare(images)
+        scales = self._scale(images, image_list.image_sizes)
+        given = [torch.as_tensor(b, dtype=torch.float32) for b in boxes]
+        detector_boxes = [(b / s).to(self.device) for b, s in zip(given, scales)]
+        representation, probs = self._heads(features, detector_boxes, image_list.image_sizes)
+        counts = [len(b) for b in given]
+        return [
+            regions_from_scores(f, b, p, self.background_index, self.config.class_probs)
+            for f, b, p in zip(representation.split(counts), given, probs.split(counts))
+        ]
+
+
+def _clip(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    boxes = boxes.clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return boxes
+
+
+def build(config: ExtractConfig, device: torch.device) -> TorchvisionBackend:
+    return TorchvisionBackend(config, device)
+
+
+__all__ = ["TorchvisionBackend", "build", "build_model", "model_identity", "published_weights", "torchvision"]
