@@ -12,13 +12,14 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from vlbert.convert.state import ConversionError, ConversionReport
+from vlbert.convert.state import ConversionError, Converted
+from vlbert.convert.vqa_head import ConvertedVQAHead
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.heads import ITMHead, MLMHead, RegionClassHead, RegionFeatureHead
 from vlbert.modeling.model import VLBertModel
 from vlbert.modeling.pretrained import save_pretrained
 
-HEADS = ("mlm_head", "itm_head", "mrfr_head", "mrc_head")
+HEADS = ("mlm_head", "itm_head", "mrfr_head", "mrc_head", "vqa_head")
 
 
 def check_output_path(dst: str | os.PathLike, src: str | os.PathLike) -> Path:
@@ -48,8 +49,9 @@ def new_directory(dst: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def vlbert_modules(config: VLBertConfig, heads: list[str]) -> nn.Module:
-    """The encoder as "vlbert" plus the named heads, laid out as in a vlbert model directory."""
+def vlbert_modules(config: VLBertConfig, heads: list[str], vqa_head: dict | None = None) -> nn.Module:
+    """The encoder as "vlbert" plus the named heads, laid out as in a vlbert model directory.
+    `vqa_head` ({"style", "num_answers"}) sizes the VQA head when "vqa_head" is named."""
     unknown = sorted(set(heads) - set(HEADS))
     if unknown:
         raise ValueError(f"unknown head(s) {unknown}; known: {HEADS}")
@@ -63,6 +65,10 @@ def vlbert_modules(config: VLBertConfig, heads: list[str]) -> nn.Module:
         holder.mrfr_head = RegionFeatureHead(config, holder.vlbert.region_embeddings.feature_proj)
     if "mrc_head" in heads:
         holder.mrc_head = RegionClassHead(config)
+    if "vqa_head" in heads:
+        if vqa_head is None:
+            raise ValueError("a vqa_head needs its style and size ({'style': ..., 'num_answers': ...})")
+        holder.vqa_head = ConvertedVQAHead(config, vqa_head["num_answers"], vqa_head["style"])
     return holder
 
 
@@ -86,25 +92,27 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], origin: dict
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
-def write_vlbert_directory(
-    dst: str | os.PathLike,
-    config: VLBertConfig,
-    state: dict[str, torch.Tensor],
-    origin: dict[str, str],
-    report: ConversionReport,
-    tokenizer=None,
-) -> Path:
-    """Check `state` (vlbert keys: "vlbert.*", "<name>_head.*") against fresh modules and save them
-    as a vlbert model directory with conversion.json (the report) beside the weights."""
+def write_vlbert_directory(dst: str | os.PathLike, converted: Converted, tokenizer=None, answers=None) -> Path:
+    """Check the converted tensors against fresh vlbert modules and save them as a model directory
+    with conversion.json (the report) and, when given, the tokenizer and answers.json."""
+    config, state, report = converted.config, converted.state, converted.report
     heads = sorted({key.split(".")[0] for key in state} - {"vlbert"})
-    module = vlbert_modules(config, heads)
-    load_checked(module, state, origin, report.source)
+    module = vlbert_modules(config, heads, report.vqa_head)
+    load_checked(module, state, converted.origin, report.source)
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise ConversionError(
             f"the tokenizer has {len(tokenizer)} tokens but the checkpoint's vocabulary has {config.vocab_size}; "
             "pass the tokenizer the checkpoint was trained with (--tokenizer)"
         )
-    report.converted = dict(origin)
+    extra = {"conversion.json": report.to_dict()}
+    if answers is not None:
+        if report.vqa_head is None:
+            raise ConversionError("--answers was given but the checkpoint has no VQA head")
+        if len(answers) != report.vqa_head["num_answers"]:
+            raise ConversionError(
+                f"the answer vocabulary has {len(answers)} answers but the VQA head scores {report.vqa_head['num_answers']}"
+            )
+        extra["answers.json"] = answers.to_dict()
     with new_directory(dst) as tmp:
-        save_pretrained(tmp, module, config, tokenizer, None, {"conversion.json": report.to_dict()})
+        save_pretrained(tmp, module, config, tokenizer, None, extra)
     return Path(dst)

@@ -3,8 +3,12 @@ purpose, left over or missing, so that nothing is dropped without being listed."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from vlbert.modeling.config import VLBertConfig
 
 
 class ConversionError(ValueError):
@@ -22,9 +26,11 @@ class ConversionReport:
     skipped: dict[str, str] = field(default_factory=dict)  # source key -> why it needs no tensor of its own
     unconverted: dict[str, str] = field(default_factory=dict)  # source key -> why it has no place in the target
     notes: list[str] = field(default_factory=list)
+    vqa_head: dict | None = None  # {"style": ..., "num_answers": ...} when a VQA head was converted
 
     def to_dict(self) -> dict:
         return {
+            "format": "vlbert-conversion",
             "source": self.source,
             "from": self.source_format,
             "to": self.target_format,
@@ -33,6 +39,7 @@ class ConversionReport:
             "skipped": self.skipped,
             "unconverted": self.unconverted,
             "notes": self.notes,
+            "vqa_head": self.vqa_head,
         }
 
     def summary(self) -> str:
@@ -41,6 +48,16 @@ class ConversionReport:
         lines += [f"  NOT converted {key}: {why}" for key, why in sorted(self.unconverted.items())]
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+@dataclass
+class Converted:
+    """A checkpoint in vlbert terms, ready to be written as a model directory."""
+
+    config: "VLBertConfig"
+    state: dict[str, torch.Tensor]  # vlbert keys: "vlbert.*", "<name>_head.*"
+    origin: dict[str, str]  # vlbert key -> the source key(s) it came from
+    report: ConversionReport
 
 
 class SourceState:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from vlbert.convert.bert_layers import bert_encoder_to_vlbert, count_layers, vlbert_encoder_to_bert
-from vlbert.convert.state import ConversionError, ConversionReport, SourceState, require_tied
+from vlbert.convert.state import ConversionError, ConversionReport, Converted, SourceState, require_tied
 from vlbert.modeling.config import VLBertConfig
 
 ARCHITECTURES = ("VisualBertModel", "VisualBertForPreTraining", "VisualBertForQuestionAnswering")
@@ -127,11 +127,10 @@ def vlbert_config_from_visualbert(hf_config: dict, pad_token_id: int = 0) -> VLB
 
 def visualbert_to_vlbert(
     hf_config: dict, hf_state: dict[str, torch.Tensor], architecture: str, source: str, pad_token_id: int = 0
-) -> tuple[VLBertConfig, dict[str, torch.Tensor], dict[str, str], ConversionReport]:
-    """(config, vlbert state dict, vlbert key -> source key, report) for a VisualBERT checkpoint.
-
-    VisualBertForQuestionAnswering's classifier reads the hidden state of the token before
-    the final [SEP], not the pooled output; it is stored as "vqa_head.*" (see convert_vqa_head)."""
+) -> Converted:
+    """A VisualBERT checkpoint in vlbert terms. VisualBertForQuestionAnswering's classifier reads
+    the hidden state of the token before the final [SEP], not the pooled output; it becomes a
+    "token_linear" vqa_head (see vqa_head.py)."""
     config = vlbert_config_from_visualbert(hf_config, pad_token_id)
     source_state = SourceState(hf_state, source)
     prefix = "" if architecture == "VisualBertModel" else "visual_bert."
@@ -168,11 +167,13 @@ def visualbert_to_vlbert(
         head, head_origin = visualbert_qa_to_vlbert(source_state, config)
         state.update(head)
         origin.update(head_origin)
+        report.vqa_head = {"style": "token_linear", "num_answers": int(head["vqa_head.classifier.weight"].shape[0])}
         report.notes.append("VQA head: VisualBERT's classifier on the token before the last [SEP] (text length - 2)")
+    report.converted = dict(origin)
     report.unconverted = {key: "unknown key" for key in source_state.leftover()}
     report.skipped = dict(source_state.skipped)
     report.notes.append("regions use visual position id 0 (VisualBERT's default; image_text_alignment is not supported)")
-    return config, state, origin, report
+    return Converted(config, state, origin, report)
 
 
 # -- writing a transformers directory ---------------------------------------------------
@@ -211,7 +212,7 @@ def visualbert_config_from_vlbert(config: VLBertConfig, architecture: str, num_l
 
 
 def vlbert_to_visualbert_state(
-    config: VLBertConfig, state: dict[str, torch.Tensor], architecture: str
+    config: VLBertConfig, state: dict[str, torch.Tensor], architecture: str, vqa_style: str | None = None
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(VisualBERT state dict for `architecture`, vlbert keys it leaves out) from a vlbert directory's state."""
     check_visualbert_compatible(config)
@@ -230,7 +231,72 @@ def vlbert_to_visualbert_state(
     if architecture == "VisualBertForQuestionAnswering":
         from vlbert.convert.vqa_head import vlbert_vqa_to_visualbert_qa
 
-        head, head_used = vlbert_vqa_to_visualbert_qa(state)
+        if "vqa_head.classifier.weight" not in state:
+            raise ConversionError("VisualBertForQuestionAnswering needs a VQA head; the vlbert model has no vqa_head")
+        head, head_used = vlbert_vqa_to_visualbert_qa(state, vqa_style)
         out.update(head)
         used |= set(head_used)
     return out, sorted(set(state) - used)
+
+
+def choose_architecture(state: dict[str, torch.Tensor], head: str) -> str:
+    """head "auto": the VQA head if there is one, else the pretraining heads, else the bare model."""
+    if head == "auto":
+        head = "vqa" if "vqa_head.classifier.weight" in state else "pretraining" if "mlm_head.bias" in state else "none"
+    return {"vqa": "VisualBertForQuestionAnswering", "pretraining": "VisualBertForPreTraining", "none": "VisualBertModel"}[head]
+
+
+def export_visualbert(src: str | os.PathLike, dst: str | os.PathLike, head: str = "auto") -> tuple[Path, ConversionReport]:
+    """Write a vlbert model directory as a transformers VisualBERT directory (+ tokenizer files)
+    that `VisualBert*.from_pretrained(dst)` loads and that computes the same outputs."""
+    from transformers import VisualBertForPreTraining, VisualBertForQuestionAnswering, VisualBertModel
+
+    from vlbert.convert.output import new_directory
+    from vlbert.modeling.pretrained import load_pretrained
+
+    src = Path(src)
+    try:
+        config, state = load_pretrained(src)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConversionError(str(error)) from error
+    check_visualbert_compatible(config)
+    conversion = src / "conversion.json"
+    vqa_style = None
+    if conversion.exists():
+        vqa_style = (json.loads(conversion.read_text()).get("vqa_head") or {}).get("style")
+    architecture = choose_architecture(state, head)
+    hf_state, left_out = vlbert_to_visualbert_state(config, state, architecture, vqa_style)
+    answers = None
+    if architecture == "VisualBertForQuestionAnswering" and (src / "answers.json").exists():
+        from vlbert.tasks.vqa.answers import AnswerVocab
+
+        answers = AnswerVocab.load(src / "answers.json").answers
+    num_labels = int(state["vqa_head.classifier.weight"].shape[0]) if architecture.endswith("QuestionAnswering") else None
+    hf_config = visualbert_config_from_vlbert(config, architecture, num_labels)
+    if answers is not None and len(answers) == num_labels:
+        hf_config.id2label = dict(enumerate(answers))
+        hf_config.label2id = {answer: i for i, answer in enumerate(answers)}
+    model_class = {"VisualBertModel": VisualBertModel, "VisualBertForPreTraining": VisualBertForPreTraining,
+                   "VisualBertForQuestionAnswering": VisualBertForQuestionAnswering}[architecture]
+    model = model_class(hf_config)
+    missing, unexpected = model.load_state_dict(hf_state, strict=False)
+    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    if unexpected or set(missing) - tied:
+        raise AssertionError(f"VisualBERT state mismatch: missing {sorted(set(missing) - tied)}, unexpected {unexpected}")
+    report = ConversionReport(str(src), "vlbert", f"visualbert ({architecture})")
+    report.converted = {key: "" for key in hf_state}
+    report.unconverted = {key: f"no place in {architecture}" for key in left_out}
+    if architecture == "VisualBertForPreTraining":
+        report.notes.append("itm_head rows swapped back: VisualBERT seq_relationship class 0 = matched")
+    tokenizer = None
+    if (src / "tokenizer_config.json").exists() or (src / "vocab.txt").exists():
+        from vlbert.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(src)
+    else:
+        report.notes.append(f"{src} holds no tokenizer files; none written")
+    with new_directory(dst) as tmp:
+        model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    return Path(dst), report
