@@ -262,3 +262,24 @@ def test_unsupported_visualbert_variants(tmp_path, capsys):
     src = save_visualbert(VisualBertForVisualReasoning(hf_config(num_labels=2)), tmp_path / "nlvr")
     assert convert("--from", "visualbert", src, "--out", tmp_path / "b") == 2
     assert "VisualBertForVisualReasoning" in capsys.readouterr().err
+
+
+def test_legacy_pytorch_bin_with_tied_copies_and_buffers(tmp_path):
+    """Hub checkpoints (uclanlp/visualbert-*) are pytorch_model.bin files that also carry the tied
+    decoder tensors and the position_ids buffer; they are read with weights_only=True."""
+    hf = perturb(VisualBertForPreTraining(hf_config()), seed=10)
+    src = tmp_path / "src"
+    src.mkdir()
+    state = dict(hf.state_dict())
+    state["visual_bert.embeddings.position_ids"] = torch.arange(24)[None]
+    assert "cls.predictions.decoder.weight" in state
+    torch.save(state, src / "pytorch_model.bin")
+    hf.config.to_json_file(str(src / "config.json"))
+    assert convert("--from", "visualbert", src, "--out", tmp_path / "dst") == 0
+    report = json.loads((tmp_path / "dst" / "conversion.json").read_text())
+    assert set(report["skipped"]) == {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
+                                      "visual_bert.embeddings.position_ids"}
+    # An untied decoder cannot be expressed by vlbert's tied MLM head: refused, not silently re-tied.
+    state["cls.predictions.decoder.weight"] = state["cls.predictions.decoder.weight"] + 1
+    torch.save(state, src / "pytorch_model.bin")
+    assert convert("--from", "visualbert", src, "--out", tmp_path / "dst2") == 2
