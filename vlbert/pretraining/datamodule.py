@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import partial
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from vlbert.data.annotations import load_pairs
@@ -107,7 +108,9 @@ class PretrainDataModule(L.LightningDataModule):
             num_workers=hp.num_workers,
             collate_fn=partial(collate_pretrain, pad_token_id=self.tokenizer.pad_token_id),
             persistent_workers=hp.num_workers > 0,
-            pin_memory=False,
+            # Its own generator: creating the iterator (again, on resume) must not draw from the
+            # global RNG that dropout uses.
+            generator=torch.Generator().manual_seed(hp.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

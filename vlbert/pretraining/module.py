@@ -113,7 +113,8 @@ class PretrainModule(L.LightningModule):
                 "init_from": init_from,
                 "objectives": dataclasses.asdict(objectives),
                 "optimization": dataclasses.asdict(optimization),
-                "export_dir": export_dir,
+                # export_dir is where this run writes, not part of the model: left out so that a run
+                # resumed with --ckpt_path (whose hparams LightningCLI re-applies) keeps its own.
             }
         )
 
@@ -192,10 +193,21 @@ class PretrainModule(L.LightningModule):
         return build_optimizer(self, self.optimization)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Dropout draws from the global RNG: keep its state so a resumed run continues exactly.
+        checkpoint["vlbert_rng"] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["vlbert_rng"]["cuda"] = torch.cuda.get_rng_state_all()
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and getattr(datamodule, "store", None) is not None:
             checkpoint["vlbert_features"] = datamodule.feature_header
             checkpoint["vlbert_tokenizer"] = str(datamodule.hparams.tokenizer)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("vlbert_rng")
+        if rng:
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
     def on_fit_end(self) -> None:
         if self.export_dir and self.trainer.is_global_zero:

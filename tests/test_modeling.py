@@ -1,0 +1,137 @@
+"""Model shapes, padding masks, HF BERT weight loading and save/load round trips."""
+import pytest
+import torch
+from transformers import BertConfig, BertForPreTraining, BertModel
+
+from tiny import tiny_config
+from vlbert.modeling.config import VLBertConfig
+from vlbert.modeling.model import VLBertForPretraining, VLBertModel
+from vlbert.modeling.pretrained import load_bert_into
+
+
+def random_inputs(batch=3, text=7, regions=5, dim=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(5, 150, (batch, text), generator=g),
+        "text_mask": torch.ones(batch, text, dtype=torch.bool),
+        "region_features": torch.randn(batch, regions, dim, generator=g),
+        "region_locations": torch.rand(batch, regions, 7, generator=g),
+        "region_mask": torch.ones(batch, regions, dtype=torch.bool),
+    }
+
+
+@pytest.mark.parametrize("style", ["uniter", "visualbert"])
+def test_output_shapes(style):
+    model = VLBertModel(tiny_config(region_embedding=style)).eval()
+    out = model(**random_inputs())
+    assert out.sequence_output.shape == (3, 12, 32)
+    assert out.pooled_output.shape == (3, 32)
+
+
+def test_padding_does_not_change_real_positions():
+    """A padded example gives the same outputs as the example alone: masks cover both paddings."""
+    torch.manual_seed(0)
+    model = VLBertModel(tiny_config()).eval()
+    inputs = random_inputs(batch=2, text=9, regions=6)
+    inputs["text_mask"][1, 5:] = False
+    inputs["input_ids"][1, 5:] = 0
+    inputs["region_mask"][1, 4:] = False
+    inputs["region_features"][1, 4:] = 123.0  # garbage in padding must not leak
+    with torch.no_grad():
+        batched = model(**inputs)
+        alone = model(
+            input_ids=inputs["input_ids"][1:, :5],
+            text_mask=inputs["text_mask"][1:, :5],
+            region_features=inputs["region_features"][1:, :4],
+            region_locations=inputs["region_locations"][1:, :4],
+            region_mask=inputs["region_mask"][1:, :4],
+        )
+    real = torch.cat([batched.sequence_output[1, :5], batched.sequence_output[1, 9:13]])
+    torch.testing.assert_close(real, alone.sequence_output[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched.pooled_output[1], alone.pooled_output[0], atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_gives_same_outputs_and_grads():
+    torch.manual_seed(0)
+    plain = VLBertModel(tiny_config()).train()
+    ckpt = VLBertModel(tiny_config(gradient_checkpointing=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    inputs = random_inputs()
+    plain(**inputs).pooled_output.sum().backward()
+    ckpt(**inputs).pooled_output.sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_wrong_feature_dimension_is_a_clear_error():
+    model = VLBertModel(tiny_config())
+    inputs = random_inputs(dim=48)
+    with pytest.raises(ValueError, match="48-d but the model expects region_feature_dim=64"):
+        model(**inputs)
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match="unknown VLBertConfig key"):
+        VLBertConfig.from_dict({"hidden_size": 32, "hiden_layers": 2})
+    with pytest.raises(ValueError, match="multiple of num_attention_heads"):
+        VLBertConfig(hidden_size=30, num_attention_heads=4)
+    with pytest.raises(ValueError, match="region_embedding"):
+        VLBertConfig(region_embedding="lxmert")
+
+
+@pytest.mark.parametrize("source", [BertModel, BertForPreTraining])
+def test_hf_bert_checkpoint_loads_and_matches_text_only(tmp_path, source):
+    torch.manual_seed(0)
+    bert_config = BertConfig(vocab_size=160, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=64)
+    hf = source(bert_config).eval()
+    hf.save_pretrained(tmp_path)
+    config = VLBertConfig.from_bert(tmp_path, region_feature_dim=64)
+    assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (32, 2, 160)
+    model = VLBertForPretraining(config).eval()
+    report = load_bert_into(model, tmp_path)
+    assert all(k.startswith("region_embeddings.") for k in report["missing"])
+    inputs = random_inputs(regions=0)
+    inputs["text_mask"][0, 4:] = False
+    with torch.no_grad():
+        bert = hf.bert if source is BertForPreTraining else hf
+        ref = bert(input_ids=inputs["input_ids"], attention_mask=inputs["text_mask"].long())
+        ours = model.vlbert(**inputs)
+        mask = inputs["text_mask"]
+        torch.testing.assert_close(ours.sequence_output[mask], ref.last_hidden_state[mask], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours.pooled_output, ref.pooler_output, atol=1e-5, rtol=1e-4)
+        if source is BertForPreTraining:  # the MLM and NSP heads carry over too
+            positions = torch.tensor([[0, 1], [1, 2], [2, 3]])
+            hidden = ref.last_hidden_state[positions[:, 0], positions[:, 1]]
+            torch.testing.assert_close(model.mlm_head(hidden), hf.cls.predictions(hidden), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(model.itm_head(ref.pooler_output), hf.cls.seq_relationship(ref.pooler_output))
+
+
+def test_bert_checkpoint_with_other_sizes_is_refused(tmp_path):
+    BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="word embeddings"):
+        load_bert_into(VLBertForPretraining(tiny_config()), tmp_path)
+
+
+def test_save_and_load_round_trip(tmp_path, tiny_tokenizer):
+    torch.manual_seed(0)
+    model = VLBertForPretraining(tiny_config()).eval()
+    model.save_pretrained(tmp_path / "m", tiny_tokenizer, {"feature_dim": 64, "num_classes": 36, "provenance": {}})
+    assert {p.name for p in (tmp_path / "m").iterdir()} >= {"config.json", "model.safetensors", "features.json", "tokenizer_config.json"}
+    loaded = VLBertForPretraining.from_pretrained(tmp_path / "m").eval()
+    encoder = VLBertModel.from_pretrained(tmp_path / "m").eval()
+    inputs = random_inputs()
+    with torch.no_grad():
+        expected = model.vlbert(**inputs)
+        torch.testing.assert_close(loaded.vlbert(**inputs).sequence_output, expected.sequence_output)
+        torch.testing.assert_close(encoder(**inputs).pooled_output, expected.pooled_output)
+    # the tied decoder really is the word embedding after loading
+    assert loaded.mlm_head._tied[0] is loaded.vlbert.text_embeddings.word_embeddings
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        VLBertModel.from_pretrained(tmp_path / "missing")
+    tmp_path.joinpath("config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        VLBertModel.from_pretrained(tmp_path)

@@ -1,0 +1,161 @@
+"""Masking rates, conditional masking, ITM negatives, dynamic padding and the task sampler."""
+import numpy as np
+import pytest
+import torch
+
+from vlbert.data.annotations import CaptionPair, load_pairs
+from vlbert.data.collate import length_mask
+from vlbert.data.regions import box_locations
+from vlbert.data.samplers import EpochSampler, TaskBatchSampler
+from vlbert.featstore import FeatureStore
+from vlbert.pretraining.dataset import PretrainDataset, collate_pretrain
+from vlbert.pretraining.masking import IGNORE_INDEX, mask_regions, mask_tokens
+from vlbert.pretraining.objectives import Objectives
+
+
+def test_mask_tokens_rate_and_80_10_10():
+    rng = np.random.default_rng(0)
+    special = {0, 2, 3}
+    masked_count = replaced_mask = replaced_random = kept = total = 0
+    for _ in range(2000):
+        ids = np.concatenate([[2], rng.integers(10, 100, 30), [3]])
+        new, labels = mask_tokens(ids, rng, mask_token_id=4, vocab_size=100, special_ids=special, prob=0.15)
+        chosen = labels != IGNORE_INDEX
+        assert not chosen[0] and not chosen[-1]  # [CLS] / [SEP] are never masked
+        assert (labels[chosen] == ids[chosen]).all()
+        assert (new[~chosen] == ids[~chosen]).all()
+        total += 30
+        masked_count += chosen.sum()
+        replaced_mask += (new[chosen] == 4).sum()
+        kept += (new[chosen] == ids[chosen]).sum()
+        replaced_random += ((new[chosen] != 4) & (new[chosen] != ids[chosen])).sum()
+    assert masked_count / total == pytest.approx(0.15, abs=0.01)
+    assert replaced_mask / masked_count == pytest.approx(0.8, abs=0.02)
+    # random replacements that happen to draw the original token count as kept
+    assert kept / masked_count == pytest.approx(0.1, abs=0.02)
+    assert replaced_random / masked_count == pytest.approx(0.1, abs=0.02)
+
+
+def test_mask_tokens_masks_at_least_one_and_skips_all_special():
+    rng = np.random.default_rng(1)
+    _, labels = mask_tokens(np.array([2, 50, 3]), rng, 4, 100, {2, 3}, prob=0.0)
+    assert (labels != IGNORE_INDEX).sum() == 1
+    ids, labels = mask_tokens(np.array([2, 3]), rng, 4, 100, {2, 3})
+    assert (labels == IGNORE_INDEX).all() and ids.tolist() == [2, 3]
+
+
+def test_mask_regions_rate():
+    rng = np.random.default_rng(0)
+    masks = [mask_regions(40, rng, 0.15) for _ in range(1000)]
+    assert np.mean(masks) == pytest.approx(0.15, abs=0.01)
+    assert mask_regions(3, rng, 0.0).sum() == 1
+    assert mask_regions(0, rng).shape == (0,)
+
+
+def test_box_locations():
+    loc = box_locations(np.array([[10, 20, 30, 60]]), 100, 200)
+    assert loc[0].tolist() == pytest.approx([0.1, 0.1, 0.3, 0.3, 0.2, 0.2, 0.04])
+
+
+@pytest.fixture(scope="module")
+def dataset_parts(tiny_world, tiny_tokenizer):
+    store = FeatureStore(tiny_world.features_path)
+    pairs = load_pairs(tiny_world.captions("train"))
+    return pairs, store, tiny_tokenizer
+
+
+def test_mix_mode_conditional_masking_and_negatives(dataset_parts):
+    pairs, store, tokenizer = dataset_parts
+    dataset = PretrainDataset(pairs, store, tokenizer, Objectives(mixing="sum", mrc=1.0), seed=3)
+    roles = {"negative": 0, "text": 0, "image": 0}
+    for index in range(len(dataset)):
+        example = dataset[(index, "mix", 0)]
+        text_masked = (example["mlm_labels"] != IGNORE_INDEX).any()
+        image_masked = example["region_masked"].any()
+        assert not (text_masked and image_masked), "one modality at a time"
+        if example["itm_label"] == 0:
+            assert not text_masked and not image_masked, "no masked modelling on mismatched pairs"
+            roles["negative"] += 1
+        else:
+            assert text_masked or image_masked
+            roles["text" if text_masked else "image"] += 1
+        if image_masked:
+            assert np.all(example["region_features"][example["region_masked"]] == 0)
+            assert len(example["region_targets"]) == example["region_masked"].sum() == len(example["region_labels"])
+    assert min(roles.values()) > len(dataset) * 0.15, roles
+
+
+def test_itm_negative_never_uses_the_captions_own_image(dataset_parts, monkeypatch):
+    pairs, store, tokenizer = dataset_parts
+    dataset = PretrainDataset(pairs, store, tokenizer, Objectives(itm_negative_prob=1.0))
+    seen = []
+    original = store.__class__.__getitem__
+    monkeypatch.setattr(store.__class__, "__getitem__", lambda self, key: seen.append(key) or original(self, key))
+    for epoch in range(3):
+        for index in range(len(dataset)):
+            seen.clear()
+            example = dataset[(index, "itm", epoch)]
+            assert example["itm_label"] == 0
+            assert seen == [seen[0]] and seen[0] != pairs[index].image_id
+
+
+def test_examples_are_deterministic_per_key(dataset_parts):
+    pairs, store, tokenizer = dataset_parts
+    a = PretrainDataset(pairs, store, tokenizer, Objectives(), seed=5)
+    b = PretrainDataset(pairs, store, tokenizer, Objectives(), seed=5)
+    for key in [(0, "mlm", 0), (1, "mrfr", 2), (2, "itm", 1)]:
+        x, y = a[key], b[key]
+        assert all(np.array_equal(x[k], y[k]) for k in ("input_ids", "mlm_labels", "region_features"))
+    # another epoch masks differently
+    assert any(not np.array_equal(a[(i, "mlm", 0)]["mlm_labels"], a[(i, "mlm", 1)]["mlm_labels"]) for i in range(5))
+
+
+def test_single_task_examples_mask_only_their_modality(dataset_parts):
+    pairs, store, tokenizer = dataset_parts
+    dataset = PretrainDataset(pairs, store, tokenizer, Objectives())
+    mlm = dataset[(0, "mlm", 0)]
+    assert (mlm["mlm_labels"] != IGNORE_INDEX).any() and not mlm["region_masked"].any() and mlm["itm_label"] == IGNORE_INDEX
+    mrm = dataset[(0, "mrc_kl", 0)]
+    assert (mrm["mlm_labels"] == IGNORE_INDEX).all() and mrm["region_masked"].any()
+    assert mrm["region_probs"].shape == (mrm["region_masked"].sum(), store.num_classes)
+
+
+def test_collate_pads_to_the_batch_longest_and_masks(dataset_parts):
+    pairs, store, tokenizer = dataset_parts
+    dataset = PretrainDataset(pairs, store, tokenizer, Objectives(), max_regions=5)
+    examples = [dataset[(i, "mlm", 0)] for i in range(4)]
+    batch = collate_pretrain(examples, tokenizer.pad_token_id)
+    lengths = [len(e["input_ids"]) for e in examples]
+    regions = [len(e["region_features"]) for e in examples]
+    assert batch["input_ids"].shape == (4, max(lengths))
+    assert batch["text_mask"].sum(1).tolist() == lengths
+    assert batch["region_features"].shape == (4, max(regions), store.feature_dim)
+    assert batch["region_mask"].sum(1).tolist() == regions and max(regions) <= 5
+    assert (batch["input_ids"][~batch["text_mask"]] == tokenizer.pad_token_id).all()
+    assert (batch["mlm_labels"][~batch["text_mask"]] == IGNORE_INDEX).all()
+    assert batch["task"] == "mlm"
+
+
+def test_length_mask():
+    assert length_mask([2, 0, 3]).tolist() == [[True, True, False], [False, False, False], [True, True, True]]
+
+
+def test_task_batch_sampler_ratios_buckets_and_resume():
+    lengths = list(np.random.default_rng(0).integers(5, 40, 400))
+    sampler = TaskBatchSampler(EpochSampler(400, seed=1), 10, False, tasks=["mlm", "itm"], weights=[3, 1], lengths=lengths)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 40
+    assert sorted(i for b in batches for i, _, _ in b) == list(range(400))
+    tasks = [b[0][1] for b in batches]
+    assert all(len({t for _, t, _ in b}) == 1 for b in batches)
+    assert 0.55 < tasks.count("mlm") / 40 < 0.95
+    spread = np.mean([np.ptp([lengths[i] for i, _, _ in b]) for b in batches])
+    assert spread < 8  # bucketing keeps similar lengths together (unbucketed spread is ~30)
+    sampler.sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert epoch1 != batches and all(key[2] == 1 for b in epoch1 for key in b)
+    resumed = TaskBatchSampler(EpochSampler(400, seed=1), 10, False, tasks=["mlm", "itm"], weights=[3, 1], lengths=lengths, resume_epoch=1, resume_batches=7)
+    resumed.sampler.set_epoch(1)
+    assert list(resumed) == epoch1[7:]
+    every = TaskBatchSampler(EpochSampler(25, shuffle=False), 10, False, tasks=["mlm", "itm"], every_task=True)
+    assert len(list(every)) == len(every) == 6

@@ -1,0 +1,43 @@
+"""Tiny sizes and CLI arguments shared by the tests."""
+from __future__ import annotations
+
+from vlbert.modeling.config import VLBertConfig
+
+
+def tiny_config(**overrides) -> VLBertConfig:
+    values = dict(
+        vocab_size=160,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        region_feature_dim=64,
+        num_region_classes=36,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    values.update(overrides)
+    return VLBertConfig(**values)
+
+
+def tiny_pretrain_args(world, root, **extra) -> list[str]:
+    """Command-line arguments for a few CPU steps of `vlbert pretrain fit` on `world`."""
+    args = [
+        "--config", "configs/pretrain/tiny.yaml",
+        "--data.features", str(world.features_path),
+        "--data.train_annotations", str(world.captions("train")),
+        "--data.val_annotations", str(world.captions("val")),
+        "--data.tokenizer", str(world.tokenizer_dir),
+        "--data.num_workers", "0",
+        "--data.batch_size", "8",
+        "--model.model.hidden_size", "32",
+        "--model.model.intermediate_size", "64",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.logger", "false",
+        "--model.export_dir", "null",
+    ]
+    for key, value in extra.items():
+        args += [f"--{key}", str(value)]
+    return args
