@@ -53,10 +53,11 @@ def list_images(images_dir: str | os.PathLike) -> dict[str, Path]:
 
 
 @contextlib.contextmanager
-def _pixel_limit(max_pixels: int) -> Iterator[None]:
-    # PIL refuses images above 2 * MAX_IMAGE_PIXELS on open; apply our own limit, then restore.
+def _own_pixel_limit() -> Iterator[None]:
+    # PIL's own size check fires on open (header only); decode_image applies max_pixels itself
+    # before any pixel is decoded, so PIL's global is switched off meanwhile, then restored.
     previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels // 2
+    Image.MAX_IMAGE_PIXELS = None
     try:
         yield
     finally:
@@ -101,9 +102,10 @@ def decode_image(path: str | os.PathLike, min_size: int, max_size: int,
     main-process time nor inter-process traffic; small ones are left for the detector to enlarge.
     Raises on undecodable input (the caller records the reason).
     """
-    with _pixel_limit(max_pixels), Image.open(path) as image:
+    with _own_pixel_limit(), Image.open(path) as image:
         if image.width * image.height > max_pixels:
-            raise ValueError(f"{image.width}x{image.height} pixels exceeds max_image_pixels={max_pixels}")
+            raise ValueError(f"{image.width}x{image.height} pixels exceeds max_image_pixels={max_pixels} "
+                             "(raise it with --max-image-pixels if this image is wanted)")
         full_w, full_h = image.size
         scale = target_scale(full_w, full_h, min_size, max_size)
         if scale < 0.5 and image.format == "JPEG":
