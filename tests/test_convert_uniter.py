@@ -74,7 +74,7 @@ def uniter_state(seed: int = 0, hidden: int = H) -> dict[str, torch.Tensor]:
 
 
 def reference_forward(s, input_ids, text_mask, features, locations, region_mask, heads=HEADS):
-    """UNITER's computation, written out: sequence output, pooled output and every head's logits."""
+    """UNITER's computation, written out: sequence output, pooled output and the logits of the heads present."""
     s = {k: v.float() for k, v in s.items()}
     lin = lambda x, n: F.linear(x, s[n + ".weight"], s[n + ".bias"])  # noqa: E731
     ln = lambda x, n: F.layer_norm(x, x.shape[-1:], s[n + ".weight"], s[n + ".bias"], 1e-12)  # noqa: E731
@@ -97,18 +97,18 @@ def reference_forward(s, input_ids, text_mask, features, locations, region_mask,
         attended = ln(lin(context, layer + "attention.output.dense") + h, layer + "attention.output.LayerNorm")
         h = ln(lin(F.gelu(lin(attended, layer + "intermediate.dense")), layer + "output.dense") + attended, layer + "output.LayerNorm")
     pooled = torch.tanh(lin(h[:, 0], u + "pooler.dense"))
-    mlm_hidden = ln(F.gelu(lin(h, "cls.predictions.transform.dense")), "cls.predictions.transform.LayerNorm")
-    mrfr_hidden = ln(F.gelu(lin(h, "feat_regress.net.0")), "feat_regress.net.2")
-    mrc_hidden = ln(F.gelu(lin(h, "region_classifier.net.0")), "region_classifier.net.2")
-    return {
-        "sequence": h,
-        "pooled": pooled,
-        "itm": lin(pooled, "itm_output"),
-        "vqa": lin(ln(F.gelu(lin(pooled, "vqa_output.0")), "vqa_output.2"), "vqa_output.3"),
-        "mlm": mlm_hidden @ s[u + "embeddings.word_embeddings.weight"].T + s["cls.predictions.bias"],
-        "mrfr": mrfr_hidden @ s["feat_regress.weight"] + s["feat_regress.bias"],
-        "mrc": lin(mrc_hidden, "region_classifier.net.3"),
-    }
+    out = {"sequence": h, "pooled": pooled}
+    if "vqa_output.0.weight" in s:
+        out["vqa"] = lin(ln(F.gelu(lin(pooled, "vqa_output.0")), "vqa_output.2"), "vqa_output.3")
+    if "cls.predictions.bias" in s:  # the pretraining heads
+        mlm_hidden = ln(F.gelu(lin(h, "cls.predictions.transform.dense")), "cls.predictions.transform.LayerNorm")
+        mrfr_hidden = ln(F.gelu(lin(h, "feat_regress.net.0")), "feat_regress.net.2")
+        mrc_hidden = ln(F.gelu(lin(h, "region_classifier.net.0")), "region_classifier.net.2")
+        out["itm"] = lin(pooled, "itm_output")
+        out["mlm"] = mlm_hidden @ s[u + "embeddings.word_embeddings.weight"].T + s["cls.predictions.bias"]
+        out["mrfr"] = mrfr_hidden @ s["feat_regress.weight"] + s["feat_regress.bias"]
+        out["mrc"] = lin(mrc_hidden, "region_classifier.net.3")
+    return out
 
 
 def inputs(seed=0):
@@ -263,3 +263,23 @@ def test_bad_files_and_configs(tmp_path, capsys):
                    uniter_config_file(tmp_path), "--answers", answers) == 2
     assert "2 answers but the VQA head scores 6" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_converted_uniter_vqa_loads_as_vlbert_vqa_model(tmp_path):
+    """The VQA task's model reads a converted UNITER VQA checkpoint as is and gives UNITER's answer logits."""
+    vqa_model = pytest.importorskip("vlbert.tasks.vqa.model")
+    # UniterForVisualQuestionAnswering's state dict: the encoder and vqa_output only.
+    source = {k: v for k, v in uniter_state(5).items() if k.startswith(("uniter.", "vqa_output."))}
+    save(source, tmp_path / "vqa.pt")
+    answers = tmp_path / "ans2label.json"
+    answers.write_text(json.dumps({f"ans{i}": i for i in range(ANSWERS)}))
+    assert convert("--from", "uniter", tmp_path / "vqa.pt", "--out", tmp_path / "dst",
+                   "--uniter-config", uniter_config_file(tmp_path), "--answers", answers) == 0
+    model = vqa_model.VLBertForVQA.from_pretrained(tmp_path / "dst").eval()
+    assert model.vocab.answers == [f"ans{i}" for i in range(ANSWERS)]
+    batch = inputs(1)
+    with torch.no_grad():
+        logits = model(*batch)
+    diff = float((logits - reference_forward(source, *batch)["vqa"]).abs().max())
+    print(f"UNITER VQA -> VLBertForVQA: max |diff| answer logits {diff:.2e}")
+    assert diff < ATOL

@@ -283,3 +283,14 @@ def test_legacy_pytorch_bin_with_tied_copies_and_buffers(tmp_path):
     state["cls.predictions.decoder.weight"] = state["cls.predictions.decoder.weight"] + 1
     torch.save(state, src / "pytorch_model.bin")
     assert convert("--from", "visualbert", src, "--out", tmp_path / "dst2") == 2
+
+
+def test_visualbert_vqa_head_is_not_mistaken_for_vlbert_vqa_head(tmp_path):
+    """The VQA task's pooled-output head must refuse a converted token_linear head, not load it."""
+    vqa_model = pytest.importorskip("vlbert.tasks.vqa.model")
+    save_visualbert(perturb(VisualBertForQuestionAnswering(hf_config()), seed=11), tmp_path / "src")
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps([f"a{i}" for i in range(NUM_ANSWERS)]))
+    assert convert("--from", "visualbert", tmp_path / "src", "--out", tmp_path / "dst", "--answers", answers) == 0
+    with pytest.raises(ValueError, match="token_linear"):
+        vqa_model.VLBertForVQA.from_pretrained(tmp_path / "dst")
