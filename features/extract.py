@@ -411,6 +411,26 @@ def extract(
     return ExtractResult(output, len(mine), extracted, already, failures, failures_path)
 
 
+def extract_world(world_dir: str | os.PathLike, output: str | os.PathLike, device: str = "auto",
+                  progress: bool = False, overrides: dict[str, Any] | None = None) -> ExtractResult:
+    """Features for a synthetic world (``world/images/<id>.png``, ``world/boxes.json``), as `make demo` does.
+
+    The default backend (torchvision Faster R-CNN) at small sizes. With the published weights in
+    torchvision's cache the detector picks the regions; without them nothing is downloaded: random
+    weights (a loud warning, recorded in provenance) pool features on the world's ground-truth boxes.
+    """
+    from vlbert.features.backends.torchvision import weights_on_machine
+
+    world_dir = Path(world_dir)
+    settings = {"min_size": 224, "max_size": 320, "proposals": 100, "batch_size": 8, "num_workers": 0,
+                "device": device, "flush_every": 512, **(overrides or {})}
+    config = load_config(None, settings)
+    if weights_on_machine(config):
+        return extract(world_dir / "images", output, config, progress=progress)
+    config = load_config(None, {**settings, "weights": "none"})
+    return extract(world_dir / "images", output, config, boxes_json=world_dir / "boxes.json", progress=progress)
+
+
 # ----------------------------------------------------------------------------------------- CLI
 
 

@@ -137,6 +137,12 @@ class DecodedImage:
     height: int = 0
     error: str | None = None
 
+    def pin_memory(self) -> "DecodedImage":
+        """Called by a DataLoader with pin_memory=True: page-locked pixels copy to the GPU asynchronously."""
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
+
 
 class ImageFolderDataset(torch.utils.data.Dataset):
     """Decodes (image id, path) pairs in DataLoader workers; a bad file becomes an item with an error."""

@@ -238,3 +238,30 @@ def test_sharded_output_names():
     assert extract_module.shard_output_path("out/f-{shard}.h5", 4, 3) == Path("out/f-3.h5")
     shards = [extract_module.shard_of(str(i), 4) for i in range(400)]
     assert set(shards) == {0, 1, 2, 3} and min(shards.count(s) for s in range(4)) > 60
+
+
+def test_every_shipped_config_loads():
+    names = sorted(p.name for p in (REPO / "configs" / "extract").glob("*.yaml"))
+    assert {"torchvision.yaml", "torchvision_v2.yaml", "detectron2_vg.yaml", "tiny.yaml"} <= set(names)
+    for name in names:
+        config = load_config(REPO / "configs" / "extract" / name)
+        assert config.selection.score_threshold > 0
+    assert load_config(REPO / "configs" / "extract" / "torchvision.yaml").weights == "default"
+    assert load_config(REPO / "configs" / "extract" / "detectron2_vg.yaml").backend == "detectron2"
+
+
+def test_synthetic_world_without_weights_uses_ground_truth_boxes(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "empty_hub"))  # no cached weights here
+    world = tmp_path / "world"
+    (world / "images").mkdir(parents=True)
+    boxes = {}
+    for i in range(3):
+        Image.fromarray(scene(i, 64, 48)).save(world / "images" / f"{i}.png")
+        boxes[str(i)] = [[2, 2, 30, 20], [10, 12, 60, 44]]
+    (world / "boxes.json").write_text(json.dumps(boxes))
+    result = extract_module.extract_world(world, tmp_path / "world.h5", device="cpu",
+                                          overrides={"min_size": 64, "max_size": 96})
+    assert result.extracted == 3
+    store = FeatureStore(tmp_path / "world.h5")
+    assert store.provenance["regions"]["source"] == "given" and store.provenance["weights"]["random"]
+    np.testing.assert_array_equal(store["2"].boxes, boxes["2"])

@@ -72,6 +72,18 @@ def model_identity(config: ExtractConfig) -> dict:
     return identity
 
 
+def weights_on_machine(config: ExtractConfig) -> bool:
+    """True when building the model downloads nothing: random weights, a local file, or
+    published weights already in torchvision's cache (torch.hub's checkpoints folder)."""
+    if config.random_weights:
+        return True
+    weights = published_weights(config)
+    if weights is None:
+        return os.path.isfile(str(config.weights))
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    return os.path.isfile(cached)
+
+
 def _load_state_dict(path: str) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
@@ -182,4 +194,4 @@ def build(config: ExtractConfig, device: torch.device) -> TorchvisionBackend:
     return TorchvisionBackend(config, device)
 
 
-__all__ = ["TorchvisionBackend", "build", "build_model", "model_identity", "published_weights", "torchvision"]
+__all__ = ["TorchvisionBackend", "build", "build_model", "model_identity", "published_weights", "weights_on_machine"]
