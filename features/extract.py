@@ -160,6 +160,7 @@ class _OutputLock:
 
     def __exit__(self, *exc) -> None:
         if self.handle is not None:
+            self.path.unlink(missing_ok=True)  # while still held: no one else is inside
             self.handle.close()
 
 
@@ -386,27 +387,28 @@ def extract(
     provenance["run"] = run_info(num_shards=num_shards, shard_index=shard_index, images=str(images_dir))
 
     failures: list[Failure] = []
-    with _OutputLock(parts_dir):
-        done: set[str] = set()
-        if output.exists():
-            _check_existing(output, provenance, "the existing output")
-            done.update(_stored_ids(output))
-        for part in _finished_parts(parts_dir):
-            _check_existing(part, provenance, "the unfinished run's part")
-            done.update(_stored_ids(part))
-        todo = [(image_id, images[image_id]) for image_id in mine if image_id not in done]
-        already = len(mine) - len(todo)
-        log.info("%d images in shard %d/%d: %d already done, %d to extract",
-                 len(mine), shard_index, num_shards, already, len(todo))
-        extracted = 0
-        if todo:
-            extracted = _extract_todo(todo, given, config, parts_dir, provenance, progress, failures)
-        parts = _finished_parts(parts_dir)
-        if parts:
-            _merge_into_output(output, parts, provenance)
-    (parts_dir / ".lock").unlink(missing_ok=True)
-    if parts_dir.is_dir() and not any(parts_dir.iterdir()):
-        parts_dir.rmdir()
+    try:
+        with _OutputLock(parts_dir):
+            done: set[str] = set()
+            if output.exists():
+                _check_existing(output, provenance, "the existing output")
+                done.update(_stored_ids(output))
+            for part in _finished_parts(parts_dir):
+                _check_existing(part, provenance, "the unfinished run's part")
+                done.update(_stored_ids(part))
+            todo = [(image_id, images[image_id]) for image_id in mine if image_id not in done]
+            already = len(mine) - len(todo)
+            log.info("%d images in shard %d/%d: %d already done, %d to extract",
+                     len(mine), shard_index, num_shards, already, len(todo))
+            extracted = 0
+            if todo:
+                extracted = _extract_todo(todo, given, config, parts_dir, provenance, progress, failures)
+            parts = _finished_parts(parts_dir)
+            if parts:
+                _merge_into_output(output, parts, provenance)
+    finally:
+        if parts_dir.is_dir() and not any(parts_dir.iterdir()):
+            parts_dir.rmdir()
     failures_path = _write_failures(failures_path_for(output), failures, images_dir, output)
     return ExtractResult(output, len(mine), extracted, already, failures, failures_path)
 

@@ -265,3 +265,13 @@ def test_synthetic_world_without_weights_uses_ground_truth_boxes(tmp_path, monke
     store = FeatureStore(tmp_path / "world.h5")
     assert store.provenance["regions"]["source"] == "given" and store.provenance["weights"]["random"]
     np.testing.assert_array_equal(store["2"].boxes, boxes["2"])
+
+
+def test_a_second_extraction_into_the_same_output_is_refused(tmp_path):
+    write_scenes(tmp_path / "imgs", 1)
+    output = tmp_path / "f.h5"
+    with extract_module._OutputLock(extract_module.parts_dir_for(output)):
+        with pytest.raises(ExtractError, match="another `vlbert extract`"):
+            extract(tmp_path / "imgs", output, tiny(), progress=False)
+    assert extract(tmp_path / "imgs", output, tiny(), progress=False).extracted == 1
+    assert not extract_module.parts_dir_for(output).exists()
