@@ -104,7 +104,8 @@ def test_hf_bert_checkpoint_loads_and_matches_text_only(tmp_path, source):
             positions = torch.tensor([[0, 1], [1, 2], [2, 3]])
             hidden = ref.last_hidden_state[positions[:, 0], positions[:, 1]]
             torch.testing.assert_close(model.mlm_head(hidden), hf.cls.predictions(hidden), atol=1e-4, rtol=1e-4)
-            torch.testing.assert_close(model.itm_head(ref.pooler_output), hf.cls.seq_relationship(ref.pooler_output))
+            # BERT's "is next" (class 0) becomes vlbert's "matched" (class 1)
+            torch.testing.assert_close(model.itm_head(ref.pooler_output), hf.cls.seq_relationship(ref.pooler_output).flip(-1))
 
 
 def test_bert_checkpoint_with_other_sizes_is_refused(tmp_path):

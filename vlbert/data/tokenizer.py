@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterable
 
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -15,7 +16,12 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     path = Path(name_or_path)
     if path.exists() and not (path / "tokenizer_config.json").exists() and not (path / "vocab.txt").exists():
         raise FileNotFoundError(f"{path} holds no tokenizer files (tokenizer_config.json or vocab.txt)")
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a vlbert model directory's config.json is not a HF model config
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    finally:
+        hf_logging.set_verbosity(verbosity)
     for attr in ("cls_token_id", "sep_token_id", "mask_token_id", "pad_token_id"):
         if getattr(tokenizer, attr) is None:
             raise ValueError(f"tokenizer {name_or_path} has no {attr.removesuffix('_id')}; vlbert needs a BERT-style tokenizer")

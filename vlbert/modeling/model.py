@@ -1,6 +1,7 @@
 """VLBertModel (the single-stream encoder) and VLBertForPretraining (encoder + pretraining heads)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,8 @@ from vlbert.modeling.embeddings import RegionEmbeddings, TextEmbeddings
 from vlbert.modeling.encoder import Encoder, Pooler
 from vlbert.modeling.heads import ITMHead, MLMHead, RegionClassHead, RegionFeatureHead
 from vlbert.modeling.pretrained import load_pretrained, load_submodule_state, save_pretrained
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,9 +123,20 @@ class VLBertForPretraining(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory) -> "VLBertForPretraining":
+        """The encoder must be complete; pretraining heads load where the directory has them and
+        start new where it does not (e.g. a converted VisualBERT has no region heads); weights of
+        other heads (a task's) are left out. Both are logged."""
         config, state = load_pretrained(directory)
         model = cls(config)
-        missing = load_submodule_state(model, state, "", strict=True)
+        missing = load_submodule_state(model.vlbert, state, "vlbert.", strict=True)
         if missing:
-            raise ValueError(f"{directory} lacks weights {missing[:10]}")
+            raise ValueError(f"{directory} lacks encoder weights {missing[:10]}")
+        new_heads = []
+        for name in ("mlm_head", "itm_head", "mrfr_head", "mrc_head"):
+            head = getattr(model, name)
+            if head is not None and load_submodule_state(head, state, name + ".", strict=True):
+                new_heads.append(name)
+        ignored = sorted({k.split(".")[0] for k in state} - {"vlbert", "mlm_head", "itm_head", "mrfr_head", "mrc_head"})
+        if new_heads or ignored:
+            log.warning("%s: heads initialised new: %s; weights not used: %s", directory, new_heads or "none", ignored or "none")
         return model

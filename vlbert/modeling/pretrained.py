@@ -108,7 +108,8 @@ def bert_to_vlbert_state(bert_state: dict[str, torch.Tensor]) -> tuple[dict[str,
                 heads["mlm_head.bias"] = value
             continue  # decoder.weight is tied to the word embeddings; decoder.bias duplicates bias
         if key.startswith("cls.seq_relationship."):
-            heads["itm_head.classifier." + key.removeprefix("cls.seq_relationship.")] = value
+            # BERT's class 0 is "is next"; vlbert's ITM class 1 is "matched": swap the rows.
+            heads["itm_head.classifier." + key.removeprefix("cls.seq_relationship.")] = value.flip(0)
             continue
         if key.endswith("position_ids") or key.endswith("token_type_ids"):
             continue  # buffers, not weights
