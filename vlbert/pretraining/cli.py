@@ -1,6 +1,8 @@
 """`vlbert pretrain fit|validate --config configs/pretrain/<name>.yaml`: the LightningCLI."""
 from __future__ import annotations
 
+import warnings
+
 from lightning.pytorch.cli import LightningCLI
 
 from vlbert.pretraining.datamodule import PretrainDataModule
@@ -22,6 +24,7 @@ class PretrainCLI(LightningCLI):
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # called from Python with args
     PretrainCLI(
         PretrainModule,
         PretrainDataModule,
