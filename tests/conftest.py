@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+# Tiny models run fastest on one thread, and several test processes (DDP ranks, workers)
+# on a small machine must not oversubscribe its cores with spinning OpenMP threads.
+torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
