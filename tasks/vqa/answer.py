@@ -1,0 +1,203 @@
+"""`vlbert answer`: answer questions about one image with a fine-tuned VQA model directory.
+
+    vlbert answer --model runs/vqa/export --image photo.jpg --question "what color is the bus?"
+    vlbert answer --model runs/vqa_tiny/export --features world/features.h5 --image-id 1003 \\
+                  --question "how many circles are there?"
+
+With ``--image`` the regions are extracted on the fly by the detector the model's training
+features came from, with the same settings: both are read from the model directory's
+features.json (the feature file's provenance), and the rebuilt detector is checked against it.
+A detector weights file is not stored in the model directory: pass it with ``--detector-weights``
+(its SHA-256 must match). With ``--features`` / ``--image-id`` the stored regions are used.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlbert.data.collate import collate_inputs
+from vlbert.data.regions import box_locations
+from vlbert.data.tokenizer import load_tokenizer
+from vlbert.tasks.vqa.model import INPUTS_FILE, VLBertForVQA
+
+
+DEFAULT_INPUTS = {"max_text_len": 40, "max_regions": 100}
+
+
+class AnswerError(ValueError):
+    """A request `vlbert answer` cannot serve, with what to do instead."""
+
+
+def model_inputs(model_dir: str | Path) -> dict:
+    """The input settings the model was fine-tuned with (vqa.json), else the data defaults."""
+    path = Path(model_dir) / INPUTS_FILE
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    return {**DEFAULT_INPUTS, **{k: v for k, v in stored.items() if k in DEFAULT_INPUTS}}
+
+
+def features_provenance(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / "features.json"
+    if not path.is_file():
+        raise AnswerError(f"{path} not found: the model directory does not say which region features it was "
+                          "trained on, so regions cannot be extracted to match; use --features and --image-id")
+    return json.loads(path.read_text())
+
+
+def extraction_config(provenance: dict, detector_weights: str | None = None, device: str = "auto"):
+    """The ExtractConfig that reproduces the training features' detector and box selection."""
+    from vlbert.features.config import ExtractConfig
+
+    backend = provenance.get("backend")
+    if backend == "synthetic":
+        raise AnswerError("this model was trained on synthetic-world features, which are computed from scene "
+                          "descriptions, not extracted from pixels; answer from the stored features with "
+                          "--features FILE --image-id ID")
+    if (provenance.get("regions") or {}).get("source") == "given":
+        raise AnswerError("the training features were pooled from given boxes, not detected; there is no box "
+                          "selection to repeat on a new image; use --features and --image-id")
+    settings = provenance.get("settings")
+    weights = provenance.get("weights") or {}
+    if not isinstance(settings, dict) or backend is None:
+        raise AnswerError("features.json has no detector settings (provenance 'backend' / 'settings'); "
+                          "use --features and --image-id")
+    fields = {f.name for f in dataclasses.fields(ExtractConfig)}
+    values = {k: v for k, v in settings.items() if k in fields}
+    values.update(batch_size=1, num_workers=0, device=device)
+    source = weights.get("source")
+    if detector_weights is not None:
+        values["weights"] = detector_weights
+    elif source == "none":
+        values.update(weights="none", seed=weights.get("seed", 0))
+    elif source == "torchvision" and weights.get("name"):
+        values["weights"] = weights["name"].rsplit(".", 1)[-1]
+    else:
+        raise AnswerError(f"the training features came from detector weights {weights.get('file') or weights!r}, "
+                          "which are not stored with the model; pass the file with --detector-weights")
+    return ExtractConfig(**values)
+
+
+def check_detector(config, provenance: dict) -> None:
+    """The rebuilt detector must be the one (weights included) that made the training features."""
+    from vlbert.features.backends import model_identity
+    from vlbert.features.provenance import differences
+
+    rebuilt = {"backend": config.backend, **model_identity(config), "settings": config.output_settings()}
+    stored = {key: provenance[key] for key in rebuilt if key in provenance}
+    diff = differences(stored, {key: rebuilt[key] for key in stored})
+    if diff:
+        raise AnswerError(f"the detector rebuilt for this image differs from the one that made the model's "
+                          f"training features in: {', '.join(diff[:8])}; its regions would not match what the "
+                          "model learned from")
+
+
+def detect_regions(image: str | Path, provenance: dict, detector_weights: str | None, device: str):
+    """(features [N, D], boxes [N, 4], width, height) of one image from the training features' detector."""
+    from vlbert.features.backends import build_backend, resolve_device
+    from vlbert.features.images import ImageFolderDataset
+
+    config = extraction_config(provenance, detector_weights, device)
+    check_detector(config, provenance)
+    if not Path(image).is_file():
+        raise AnswerError(f"image {image} does not exist")
+    # Decoded exactly as `vlbert extract` decodes (EXIF orientation, size limits, resizing).
+    decoded = ImageFolderDataset([(Path(image).stem, Path(image))], config.min_size, config.max_size, config.max_image_pixels)[0]
+    if decoded.error is not None:
+        raise AnswerError(f"cannot decode image {image}: {decoded.error}")
+    backend = build_backend(config, resolve_device(config.device))
+    regions = backend.detect([decoded])[0]
+    width, height = decoded.width, decoded.height
+    return regions.features, regions.boxes, width, height
+
+
+def stored_regions(features: str, image_id: str, provenance: dict | None):
+    """(features, boxes, width, height) of an image in a feature store made like the model's training features."""
+    from vlbert.featstore import FeatureStore
+    from vlbert.features.provenance import differences, identity
+
+    store = FeatureStore(features)
+    if provenance is not None:
+        diff = differences(identity(provenance), identity(store.provenance))
+        if diff:
+            raise AnswerError(f"{features} was made differently from the model's training features ({', '.join(diff[:8])})")
+    if image_id not in store:
+        raise AnswerError(f"image {image_id!r} has no features in {features}")
+    record = store[image_id]
+    return record.features, record.boxes, record.image_w, record.image_h
+
+
+@torch.no_grad()
+def answer_questions(model: VLBertForVQA, tokenizer, questions: list[str], regions: tuple, max_text_len: int,
+                     max_regions: int, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """Top-k (answer, score) per question; a score is the sigmoid of the answer's logit, the
+    model's estimate of that answer's VQA accuracy."""
+    features, boxes, width, height = regions
+    features = np.asarray(features[:max_regions], dtype=np.float32)
+    locations = box_locations(np.asarray(boxes[:max_regions]), width, height)
+    encoded = tokenizer(questions, truncation=True, max_length=max_text_len)["input_ids"]
+    batch = collate_inputs(
+        [{"input_ids": np.asarray(ids, dtype=np.int64), "region_features": features, "region_locations": locations} for ids in encoded],
+        tokenizer.pad_token_id,
+    )
+    model.eval()
+    scores = torch.sigmoid(model(**batch).float())
+    top = scores.topk(min(top_k, scores.shape[1]), dim=-1)
+    return [[(model.vocab[int(i)], float(s)) for s, i in zip(row_s, row_i)] for row_s, row_i in zip(top.values, top.indices)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlbert answer", description="Answer questions about one image with a fine-tuned VQA model.")
+    parser.add_argument("--model", required=True, help="fine-tuned VQA model directory (vlbert vqa fit --model.export_dir)")
+    parser.add_argument("--question", required=True, action="append", help="a question (repeat for several)")
+    parser.add_argument("--image", help="image file: regions are extracted with the model's training detector settings")
+    parser.add_argument("--features", help="feature file holding the image's regions (instead of --image)")
+    parser.add_argument("--image-id", help="the image's id in --features")
+    parser.add_argument("--top-k", type=int, default=5, help="answers to show per question")
+    parser.add_argument("--detector-weights", help="detector weights file, when the training features came from one")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.image is None) == (args.features is None):
+        parser.error("give either --image, or --features with --image-id")
+    if args.features is not None and args.image_id is None:
+        parser.error("--features needs --image-id")
+    try:
+        model = VLBertForVQA.from_pretrained(args.model)
+        tokenizer = load_tokenizer(args.model)
+        inputs = model_inputs(args.model)
+        header = features_provenance(args.model) if args.image else None
+        if args.image:
+            regions = detect_regions(args.image, header.get("provenance", {}), args.detector_weights, args.device)
+        else:
+            stored_header = Path(args.model) / "features.json"
+            provenance = json.loads(stored_header.read_text()).get("provenance") if stored_header.is_file() else None
+            regions = stored_regions(args.features, args.image_id, provenance)
+        if len(regions[0]) == 0:
+            raise AnswerError("the detector found no regions in the image")
+        results = answer_questions(model, tokenizer, args.question, regions, inputs["max_text_len"], inputs["max_regions"], args.top_k)
+    except (AnswerError, ValueError, FileNotFoundError) as err:
+        print(f"vlbert answer: error: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"answers": [{"question": q, "top": [{"answer": a, "score": round(s, 4)} for a, s in top]}
+                                      for q, top in zip(args.question, results)]}, ensure_ascii=False))
+    else:
+        for question, top in zip(args.question, results):
+            print(question)
+            for answer, score in top:
+                print(f"  {score:.3f}  {answer}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

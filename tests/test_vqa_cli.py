@@ -1,0 +1,185 @@
+"""`vlbert vqa fit|validate|test|predict` on the tiny synthetic world, and the data module."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiny import tiny_config
+from vlbert.cli import main as vlbert
+from vlbert.featstore import FeatureStore, FeatureStoreError, FeatureWriter
+from vlbert.modeling.model import VLBertForPretraining
+from vlbert.tasks.vqa.answers import AnswerVocab
+from vlbert.tasks.vqa.cli import VQACLI
+from vlbert.tasks.vqa.datamodule import VQADataModule
+from vlbert.tasks.vqa.evaluate import evaluate_files
+from vlbert.tasks.vqa.module import VQAModule, export_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)  # configs/ paths are relative to the repo root
+
+
+def vqa_args(world, root, **extra) -> list[str]:
+    """A few CPU steps of configs/vqa/tiny.yaml on `world`, from an untrained 32-wide encoder."""
+    args = [
+        "--config", "configs/vqa/tiny.yaml",
+        "--model.init_from", "null",
+        "--model.model.hidden_size", "32",
+        "--model.model.intermediate_size", "64",
+        "--data.features", str(world.features_path),
+        "--data.tokenizer", str(world.tokenizer_dir),
+        "--data.num_workers", "0",
+        "--data.batch_size", "16",
+        "--data.min_answer_count", "2",
+        "--trainer.max_epochs", "1",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.logger", "false",
+        "--model.export_dir", "null",
+    ]
+    for split in ("train", "val", "test"):
+        args += [f"--data.{split}_questions", str(world.vqa_questions(split)),
+                 f"--data.{split}_annotations", str(world.vqa_annotations(split))]
+    args += ["--data.predict_questions", str(world.vqa_questions("test"))]
+    for key, value in extra.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_world, tmp_path_factory):
+    """One short fine-tuning run: its root, export directory and checkpoint."""
+    root = tmp_path_factory.mktemp("vqa_fit")
+    assert vlbert(["vqa", "fit", *vqa_args(tiny_world, root, **{"model.export_dir": root / "export"})]) == 0
+    return root, root / "export", next(root.rglob("*.ckpt"))
+
+
+def test_fit_exports_a_model_directory_and_a_self_contained_checkpoint(fitted):
+    root, export, checkpoint_path = fitted
+    for name in ("config.json", "model.safetensors", "answers.json", "vqa.json", "features.json", "tokenizer_config.json"):
+        assert (export / name).exists(), name
+    vocab = AnswerVocab.load(export / "answers.json")
+    assert {"yes", "no"} <= set(vocab) and vocab.min_count == 2 and vocab.count_by == "human"
+    assert json.loads((export / "vqa.json").read_text()) == {"max_text_len": 24, "max_regions": 36}
+    state = load_file(export / "model.safetensors")
+    assert state["vqa_head.classifier.weight"].shape == (len(vocab), 64)
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    assert checkpoint["vqa_answers"]["answers"] == vocab.answers
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["answers"] == vocab.answers and hparams["init_from"] is None and hparams["model"]["hidden_size"] == 32
+    exported = export_checkpoint(checkpoint_path, root / "from_checkpoint")
+    again = load_file(exported / "model.safetensors")
+    assert all(torch.equal(again[k], state[k]) for k in state)
+
+
+def test_validate_a_checkpoint_without_training_data(fitted, tiny_world, tmp_path, capsys):
+    _, _, checkpoint_path = fitted
+    args = vqa_args(tiny_world, tmp_path, **{"data.train_questions": "null", "data.train_annotations": "null"})
+    assert vlbert(["vqa", "validate", *args, f"--ckpt_path={checkpoint_path}"]) == 0
+    out = capsys.readouterr().out
+    for metric in ("val/vqa_acc", "val/vqa_acc_yes_no", "val/vqa_acc_number", "val/vqa_acc_other", "val/loss"):
+        assert metric in out
+
+
+def test_test_accuracy_equals_vqa_eval_of_the_predicted_results(fitted, tiny_world, tmp_path):
+    _, export, _ = fitted
+    results = tmp_path / "results.json"
+    args = vqa_args(tiny_world, tmp_path, **{"model.init_from": export, "model.results_file": results,
+                                             "data.train_questions": "null", "data.train_annotations": "null"})
+    cli = VQACLI(VQAModule, VQADataModule, args=args, run=False)
+    metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    assert vlbert(["vqa", "predict", *args]) == 0
+    written = json.loads(results.read_text())
+    questions = json.loads(tiny_world.vqa_questions("test").read_text())["questions"]
+    assert sorted(r["question_id"] for r in written) == sorted(q["question_id"] for q in questions)
+    vocab = AnswerVocab.load(export / "answers.json")
+    assert all(set(r) == {"question_id", "answer"} and isinstance(r["question_id"], int) and r["answer"] in vocab for r in written)
+    official = evaluate_files(tiny_world.vqa_questions("test"), tiny_world.vqa_annotations("test"), results)
+    assert round(metrics["test/vqa_acc"], 2) == official.overall
+    for answer_type, value in official.per_answer_type.items():
+        assert round(metrics[f"test/vqa_acc_{answer_type.replace('/', '_')}"], 2) == value
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        vlbert(["vqa", "predict", *args])
+    assert json.loads(results.read_text()) == written
+
+
+def test_init_from_a_pretrained_or_a_fine_tuned_directory(fitted, tiny_world, tiny_tokenizer, tmp_path):
+    _, export, _ = fitted
+    pretrained = VLBertForPretraining(tiny_config(hidden_size=32, intermediate_size=64))
+    pretrained.save_pretrained(tmp_path / "pretrained", tiny_tokenizer)
+    module = VQAModule(init_from=str(tmp_path / "pretrained"), answers=["yes", "no"])
+    for key, value in pretrained.vlbert.state_dict().items():
+        assert torch.equal(module.vlbert.state_dict()[key], value), key
+    assert module.vqa_head.classifier.out_features == 2
+    state = load_file(export / "model.safetensors")
+    tuned = VQAModule(init_from=str(export))
+    assert tuned.vocab == AnswerVocab.load(export / "answers.json")
+    assert torch.equal(tuned.vqa_head.classifier.weight, state["vqa_head.classifier.weight"])
+    fresh = VQAModule(init_from=str(export), load_head=False)
+    assert fresh.vocab is None and fresh.vqa_head is None   # the data will build the vocabulary
+
+
+def test_questions_whose_image_has_no_features_fail_before_training(tiny_world, tmp_path):
+    store = FeatureStore(tiny_world.features_path)
+    keep = set(store.ids) - {str(i) for i in tiny_world.image_ids("train")[:3]}
+    with FeatureWriter(tmp_path / "partial.h5", store.feature_dim, store.num_classes, store.provenance) as writer:
+        for image_id in sorted(keep):
+            writer.add(store[image_id])
+    args = vqa_args(tiny_world, tmp_path, **{"data.features": tmp_path / "partial.h5"})
+    with pytest.raises(FeatureStoreError, match="3 image id\\(s\\) used by the train questions") as info:
+        vlbert(["vqa", "fit", *args])
+    assert str(tiny_world.image_ids("train")[0]) in str(info.value)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_vocabulary_that_answers_no_training_question(tiny_world, tmp_path):
+    (tmp_path / "answers.json").write_text(json.dumps(["zebra"]))
+    with pytest.raises(ValueError, match="no training question has an answer in the vocabulary of 1 answers"):
+        vlbert(["vqa", "fit", *vqa_args(tiny_world, tmp_path, **{"model.answers": tmp_path / "answers.json"})])
+
+
+def datamodule(world, **overrides):
+    values = dict(
+        features=str(world.features_path), tokenizer=str(world.tokenizer_dir),
+        train_questions=str(world.vqa_questions("train")), train_annotations=str(world.vqa_annotations("train")),
+        feature_id_format="{image_id}", num_workers=0, min_answer_count=2,
+    )
+    values.update(overrides)
+    return VQADataModule(**values)
+
+
+def test_train_fraction_and_unanswerable_questions(tiny_world):
+    full = datamodule(tiny_world)
+    full.setup("fit")
+    full.vocab = full.build_vocab()
+    everything = len(full.examples["train"])
+    answerable = len(full.dataset("train"))
+    part = datamodule(tiny_world, train_fraction=0.1)
+    part.setup("fit")
+    part.vocab = full.vocab
+    assert len(part.dataset("train")) <= round(0.1 * everything) < answerable
+    narrow = datamodule(tiny_world)
+    narrow.setup("fit")
+    narrow.vocab = AnswerVocab(["yes", "no"])
+    assert 0 < len(narrow.dataset("train")) < everything
+    kept = datamodule(tiny_world, keep_unanswerable=True)
+    kept.setup("fit")
+    kept.vocab = AnswerVocab(["yes", "no"])
+    assert len(kept.dataset("train")) == everything
+    batch = next(iter(kept.train_dataloader()))
+    assert batch["targets"].shape == (32, 2) and set(batch) >= {"input_ids", "region_features", "index"}
+
+
+def test_data_module_argument_errors(tiny_world):
+    with pytest.raises(ValueError, match="one annotation file per question file"):
+        datamodule(tiny_world, train_annotations=None)
+    with pytest.raises(ValueError, match="train_fraction"):
+        datamodule(tiny_world, train_fraction=0)
+    dm = datamodule(tiny_world, val_questions=str(tiny_world.vqa_questions("val")))
+    with pytest.raises(ValueError, match="data.val_annotations is not"):
+        dm.setup("validate")
