@@ -16,10 +16,10 @@ TORCHVISION_MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
 DTYPES = ("float16", "float32")
 
 # Fields that change what is written; everything else (batch size, workers, device) only changes speed.
+# Weights and detectron2 config files enter provenance by content hash (see the backends), not by path.
 OUTPUT_FIELDS = (
-    "backend", "model", "weights", "seed", "detectron2_config", "detectron2_setup", "detectron2_opts",
-    "min_size", "max_size", "proposals", "score_threshold", "nms_iou", "min_boxes", "max_boxes",
-    "num_boxes", "dtype", "class_probs",
+    "backend", "model", "detectron2_setup", "detectron2_opts", "min_size", "max_size", "proposals",
+    "score_threshold", "nms_iou", "min_boxes", "max_boxes", "num_boxes", "dtype", "class_probs",
 )
 
 
