@@ -109,3 +109,14 @@ def test_two_process_cpu_ddp(tiny_world, tmp_path):
     checkpoint = torch.load(next(tmp_path.rglob("step=3.ckpt")), map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 3
     assert (tmp_path / "export" / "model.safetensors").exists()
+
+
+def test_bf16_mixed_precision_with_accumulation_and_clipping(tiny_world, tmp_path):
+    args = tiny_pretrain_args(tiny_world, tmp_path, **{
+        "trainer.max_steps": 2, "trainer.precision": "bf16-mixed", "trainer.accumulate_grad_batches": 2,
+        "trainer.gradient_clip_val": 1.0, "trainer.limit_val_batches": 1, "trainer.val_check_interval": 2,
+        "model.objectives.mixing": "sum"})
+    assert vlbert(["pretrain", "fit", *args, *checkpoint_every(2)]) == 0
+    checkpoint = torch.load(next(tmp_path.rglob("step=2.ckpt")), map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 2  # 4 batches, 2 optimizer steps
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())

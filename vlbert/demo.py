@@ -35,6 +35,35 @@ def pretrain_args(world, features: str, run_dir: Path, steps: int, feature_dim: 
     ]
 
 
+def extract_features(world, output: Path, direct: bool) -> tuple[str, dict]:
+    """Region features for the world: extracted from its images (the default backend; on a machine
+    without detector weights, random weights pooled on the ground-truth boxes), or the world's own
+    feature-level file. Returns the path and what the features are."""
+    from vlbert.featstore import read_header
+
+    if direct:
+        path, source = world.features_path, "synthetic feature-level HDF5"
+    else:
+        from vlbert.features.extract import extract_world
+
+        if output.exists():
+            output.unlink()  # the demo's own output from an earlier run: extract afresh
+        result = extract_world(world.root, output)
+        path, source = result.output, "vlbert extract (torchvision)"
+    header = read_header(path)
+    weights = header["provenance"].get("weights") or {}
+    random_detector = isinstance(weights, dict) and bool(weights.get("random"))
+    return str(path), {
+        "source": source,
+        "path": str(path),
+        "dim": header["feature_dim"],
+        "num_classes": header["num_classes"],
+        # a randomly initialised detector's class distribution is noise: no MRC-KL on it
+        "detector_classes": header["num_classes"] > 0 and not random_detector,
+        "weights": weights.get("source") if isinstance(weights, dict) else weights,
+    }
+
+
 def run_pretraining(args: list[str]) -> dict:
     """Validate the untrained model, train, validate again; returns both metric sets."""
     from vlbert.pretraining.cli import PretrainCLI
@@ -59,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-images", type=int, default=600)
     parser.add_argument("--pretrain-steps", type=int, default=1500)
+    parser.add_argument("--direct-features", action="store_true",
+                        help="use the world's feature-level HDF5 instead of extracting from its images")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for the tiny model)")
     args = parser.parse_args(argv)
     import torch
@@ -73,13 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[1/3] synthetic world -> {out / 'world'}", flush=True)
     world = generate_world(out / "world", seed=args.seed, num_images=args.num_images)
 
-    print("[2/3] region features", flush=True)
-    features, feature_dim, num_classes, has_probs = str(world.features_path), world.feature_dim, world.num_classes, True
-    results["features"] = {"source": "synthetic feature-level HDF5", "path": features, "dim": feature_dim}
+    print("[2/3] region features from the world's images (torchvision Faster R-CNN)", flush=True)
+    features, feature_info = extract_features(world, out / "features.h5", args.direct_features)
+    results["features"] = feature_info
 
     print(f"[3/3] tiny pretraining, {args.pretrain_steps} steps on CPU", flush=True)
     pretraining = run_pretraining(
-        pretrain_args(world, features, out / "pretrain", args.pretrain_steps, feature_dim, num_classes, has_probs)
+        pretrain_args(world, features, out / "pretrain", args.pretrain_steps, feature_info["dim"],
+                      feature_info["num_classes"], feature_info["detector_classes"])
     )
     results["pretrain"] = pretraining
     results["seconds"] = round(time.time() - started, 1)
