@@ -48,7 +48,8 @@ def extract_features(world, output: Path, direct: bool) -> tuple[str, dict]:
 
         if output.exists():
             output.unlink()  # the demo's own output from an earlier run: extract afresh
-        result = extract_world(world.root, output)
+        # the world is rendered at 128 px: no need to upscale it to the detector's usual 800
+        result = extract_world(world.root, output, overrides={"min_size": 128, "max_size": 192})
         path, source = result.output, "vlbert extract (torchvision)"
     header = read_header(path)
     weights = header["provenance"].get("weights") or {}
