@@ -1,0 +1,160 @@
+"""`vlbert retrieval` end to end on the synthetic world: fit, test, score dumps, DDP sharding, bad input."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny import tiny_config
+from vlbert.cli import main as vlbert
+from vlbert.featstore import FeatureStore, FeatureStoreError, FeatureWriter
+from vlbert.modeling.model import VLBertForPretraining, VLBertModel
+from vlbert.modeling.pretrained import save_pretrained
+from vlbert.tasks.retrieval.datamodule import RetrievalDataModule
+from vlbert.tasks.retrieval.metric import retrieval_recall
+from vlbert.tasks.retrieval.module import RetrievalModule
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def retrieval_args(world, root, **extra) -> list[str]:
+    """A few CPU steps of the tiny retrieval config on `world` (40 images: 32 train, 4 val, 4 test)."""
+    args = [
+        "--config", str(REPO / "configs/retrieval/tiny.yaml"),
+        "--data.annotations", str(world.karpathy_json),
+        "--data.features", str(world.features_path),
+        "--data.tokenizer", str(world.tokenizer_dir),
+        "--data.num_workers", "0",
+        "--data.batch_size", "4",
+        "--data.negative_images", "5",
+        "--data.negative_captions", "5",
+        "--model.model.hidden_size", "32",
+        "--model.model.intermediate_size", "64",
+        "--model.negatives.images", "2",
+        "--model.negatives.captions", "2",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.logger", "false",
+        "--trainer.enable_checkpointing", "false",
+        "--model.export_dir", "null",
+    ]
+    for key, value in extra.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_world, tmp_path_factory):
+    """A retrieval model fitted for 3 steps and exported."""
+    root = tmp_path_factory.mktemp("fit")
+    args = retrieval_args(tiny_world, root, **{"trainer.max_steps": 3, "trainer.max_epochs": -1, "model.export_dir": root / "export"})
+    assert vlbert(["retrieval", "fit", *args]) == 0
+    return root / "export"
+
+
+def test_fit_exports_a_model_directory_with_the_itm_head(fitted):
+    from safetensors.torch import load_file
+
+    weights = load_file(fitted / "model.safetensors")
+    assert any(k.startswith("itm_head.") for k in weights) and any(k.startswith("vlbert.") for k in weights)
+    assert (fitted / "tokenizer_config.json").exists() and (fitted / "features.json").exists()
+
+
+def test_test_reports_recall_and_dumps_the_score_matrix(tiny_world, fitted, tmp_path, capsys):
+    dump = tmp_path / "scores.pt"
+    args = retrieval_args(tiny_world, tmp_path, **{"model.init_from": fitted, "model.dump_scores": dump})
+    assert vlbert(["retrieval", "test", *args]) == 0
+    out = capsys.readouterr().out
+    for metric in ("test/i2t_r1", "test/t2i_r1", "test/r_mean"):
+        assert metric in out
+    saved = torch.load(dump, weights_only=False)
+    test_ids = [str(i) for i in tiny_world.image_ids("test")]
+    assert saved["image_ids"] == test_ids
+    assert saved["scores"].shape == (len(test_ids), len(saved["captions"])) == (4, 20)
+    recomputed = retrieval_recall(saved["scores"], torch.tensor(saved["caption_image"]))
+    assert recomputed == pytest.approx(saved["metrics"])
+    # the user's file is never overwritten
+    before = dump.read_bytes()
+    with pytest.raises(FileExistsError, match="scores.pt exists"):
+        vlbert(["retrieval", "test", *args])
+    assert dump.read_bytes() == before
+
+
+def test_sharded_ddp_evaluation_equals_single_process(tiny_world, fitted, tmp_path):
+    """2 CPU processes (gloo) each score half of the test images' rows against every caption;
+    the gathered matrix, its recall and the dump are the single-process ones."""
+    single, sharded = tmp_path / "single.pt", tmp_path / "ddp.pt"
+    common = {"model.init_from": fitted, "data.eval_images_per_batch": 1, "model.eval_pairs_per_batch": 7}
+    assert vlbert(["retrieval", "test", *retrieval_args(tiny_world, tmp_path / "a", **common, **{"model.dump_scores": single})]) == 0
+    args = retrieval_args(tiny_world, tmp_path / "b", **common, **{
+        "model.dump_scores": sharded, "trainer.devices": 2, "trainer.strategy": "ddp"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run = subprocess.run([sys.executable, "-m", "vlbert.tasks.retrieval.cli", "test", *args],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "MEMBER: 2/2" in run.stderr + run.stdout
+    a, b = torch.load(single, weights_only=False), torch.load(sharded, weights_only=False)
+    torch.testing.assert_close(b["scores"], a["scores"], atol=1e-5, rtol=1e-5)
+    assert b["metrics"] == pytest.approx(a["metrics"])
+
+
+def test_missing_features_fail_before_training(tiny_world, tmp_path):
+    store = FeatureStore(tiny_world.features_path)
+    with FeatureWriter(tmp_path / "partial.h5", store.feature_dim, store.num_classes) as writer:
+        for image_id in store.ids[:30]:
+            writer.add(store[image_id])
+    args = retrieval_args(tiny_world, tmp_path, **{"data.features": tmp_path / "partial.h5", "trainer.max_steps": 2})
+    with pytest.raises(FeatureStoreError, match=r"image id\(s\) used by .*dataset_synth.json \[train\] have no features"):
+        vlbert(["retrieval", "fit", *args])
+
+
+def test_more_hard_negatives_than_sampled_is_refused(tiny_world, tmp_path):
+    args = retrieval_args(tiny_world, tmp_path, **{"model.negatives.images": 6, "trainer.max_steps": 2})
+    with pytest.raises(ValueError, match="model.negatives.images=6 .* data.negative_images=5"):
+        vlbert(["retrieval", "fit", *args])
+
+
+def test_partial_evaluation_is_an_error_not_a_wrong_recall(tiny_world, tmp_path):
+    args = retrieval_args(tiny_world, tmp_path, **{"data.eval_images_per_batch": 1, "trainer.limit_test_batches": 2})
+    with pytest.raises(RuntimeError, match="2 of 4 images were not scored"):
+        vlbert(["retrieval", "test", *args])
+
+
+def test_init_from_pretraining_export_keeps_its_itm_head(tmp_path):
+    config = tiny_config()
+    torch.manual_seed(0)
+    pretrained = VLBertForPretraining(config)
+    pretrained.save_pretrained(tmp_path / "pre")
+    module = RetrievalModule(init_from=str(tmp_path / "pre"))
+    torch.testing.assert_close(module.itm_head.classifier.weight, pretrained.itm_head.classifier.weight)
+    torch.testing.assert_close(module.vlbert.pooler.dense.weight, pretrained.vlbert.pooler.dense.weight)
+    # an encoder-only directory: the ITM head starts new instead of failing
+    save_pretrained(tmp_path / "enc", torch.nn.ModuleDict({"vlbert": VLBertModel(config)}), config)
+    assert RetrievalModule(init_from=str(tmp_path / "enc")).itm_head.classifier.weight.shape == (2, config.hidden_size)
+
+
+def test_training_keeps_the_hardest_sampled_negatives(tiny_world):
+    """With a scorer whose ranking is known, the kept negatives are the top-scoring ones."""
+    dm = RetrievalDataModule(str(tiny_world.karpathy_json), str(tiny_world.features_path), str(tiny_world.tokenizer_dir),
+                             train_splits=["train"], batch_size=3, negative_images=6, negative_captions=5, num_workers=0)
+    dm.setup("fit")
+    dataset = dm.train_dataset
+    batch = dataset.collate([dataset[i] for i in (0, 7, 20)])
+    module = RetrievalModule(model=tiny_config(), negatives={"images": 2, "captions": 3})
+    # score of a pair = 10 * (image slot) + (text slot): hardest images have the largest image slots
+    module.pair_scores = lambda input_ids, text_mask, region_features, **_: region_features[:, 0, 0] * 10 + input_ids[:, 1]
+    batch["region_features"][:, 0, 0] = torch.arange(len(batch["region_features"]), dtype=torch.float)
+    batch["input_ids"][:, 1] = torch.arange(len(batch["input_ids"]))
+    hard_images, hard_texts = module.select_hard_negatives(batch)
+    expected_images = batch["negative_images"].sort(1, descending=True).values[:, :2]
+    expected_texts = batch["negative_texts"].sort(1, descending=True).values[:, :3]
+    assert torch.equal(hard_images, expected_images) and torch.equal(hard_texts, expected_texts)
+    # no right answer is ever among the negatives
+    captions = [dataset[i]["caption"] for i in (0, 7, 20)]
+    for row, caption in enumerate(captions):
+        image = dataset.split.caption_image[caption]
+        negatives = dataset[(0, 7, 20)[row]]
+        assert image not in negatives["negative_images"].tolist()
+        assert not set(negatives["negative_captions"].tolist()) & set(dataset.split.image_captions[image])
