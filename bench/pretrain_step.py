@@ -138,6 +138,7 @@ class Scenario:
     name: str
     batches: dict[str, list[dict]]  # variant -> timed batches (the same examples for every variant)
     warmup: dict[str, dict]
+    stats: dict  # lengths over the whole epoch the timed batches were drawn from
 
 
 def bucket_lengths(dataset: PretrainDataset, store: FeatureStore, key: str) -> list[int] | None:
@@ -198,15 +199,21 @@ def build_scenario(
             if name == "fixed":
                 chosen = list(range(args.steps + 1))
             else:
-                # Stratified: the epoch's batches sorted by padded size, one taken at each of
-                # `steps` evenly spaced quantiles, so a few timed steps estimate the epoch's mean.
-                sizes = [padded_size(collate(k)) for k in keys]
-                order = np.argsort(sizes, kind="stable")
+                # Stratified: the epoch's batches sorted by their real (unpadded) tokens, one taken at
+                # each of `steps` evenly spaced quantiles, so a few timed steps estimate the epoch's
+                # mean; the epoch's and the chosen batches' mean lengths are both reported.
+                epoch = [collate(k) for k in keys]
+                epoch_stats = {
+                    "mix_epoch_mean_real_len": round(float(np.mean([real_tokens(b) / len(b["input_ids"]) for b in epoch])), 1),
+                    "mix_epoch_mean_padded_len": round(float(np.mean([padded_size(b) for b in epoch])), 1),
+                }
+                order = np.argsort([real_tokens(b) for b in epoch], kind="stable")
+                del epoch
                 timed_batches = [int(order[int((i + 0.5) * len(keys) / args.steps)]) for i in range(args.steps)]
                 chosen = [int(order[-1])] + timed_batches  # warm up on the largest batch
         collated = [collate(keys[i]) for i in chosen]
         warmup[variant], batches[variant] = collated[0], collated[1:]
-    return Scenario(name, batches, warmup)
+    return Scenario(name, batches, warmup, epoch_stats if name == "mix" else {})
 
 
 def visualbert_batch(batch: dict, text_len: int, regions: int) -> dict:
@@ -253,7 +260,9 @@ def adamw_for(module: torch.nn.Module, optimization: Optimization, device: torch
     )
     optimizer = build_optimizer(holder, optimization)["optimizer"]
     if fused is not None and optimizer.defaults.get("fused") != fused:
-        optimizer = torch.optim.AdamW(optimizer.param_groups, **{**optimizer.defaults, "fused": fused, "foreach": None})
+        d = optimizer.defaults
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
+        optimizer = torch.optim.AdamW(groups, lr=d["lr"], betas=d["betas"], eps=d["eps"], fused=fused)
     return optimizer
 
 
@@ -329,8 +338,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--text-len", type=int, default=20, help="fixed scenario: tokens per caption")
     parser.add_argument("--regions", type=int, default=36, help="fixed scenario: regions per image")
     parser.add_argument("--scenarios", default="fixed,mix")
-    parser.add_argument("--bucket", default="regions", choices=["regions", "text", "none"],
-                        help="mix scenario sort key for length bucketing (the datamodule uses 'text')")
+    parser.add_argument("--bucket", default="text", choices=["text", "regions", "none"],
+                        help="mix scenario: the sampler's length-bucketing key (text: what the datamodule passes)")
     parser.add_argument("--mixing", default="sum", choices=["sum", "sample"],
                         help="vlbert objective mixing: sum = every batch trains all objectives, as VisualBERT's step does")
     parser.add_argument("--adamw", default="framework", choices=["framework", "fused", "unfused"],
@@ -400,10 +409,11 @@ def run_scenario(scenario: Scenario, steps: dict, config: VLBertConfig, device, 
             per_round = [v / p for v, p in zip(times["visualbert"], times[name])]
             result[f"{prefix}_{name}_ratio_median_round"] = round(median(per_round), 3)
     batches = scenario.batches["mlm_itm"]
-    result[f"{prefix}_mean_padded_len"] = round(float(np.mean([padded_size(b) for b in batches])), 1)
-    result[f"{prefix}_mean_real_len"] = round(float(np.mean([real_tokens(b) / len(b["input_ids"]) for b in batches])), 1)
+    result[f"{prefix}_timed_mean_padded_len"] = round(float(np.mean([padded_size(b) for b in batches])), 1)
+    result[f"{prefix}_timed_mean_real_len"] = round(float(np.mean([real_tokens(b) / len(b["input_ids"]) for b in batches])), 1)
     if scenario.name == "mix":
         result["mix_visualbert_padded_len"] = sum(vb_pad)
+        result.update(scenario.stats)
     return result
 
 
