@@ -1,6 +1,8 @@
 """`vlbert vqa fit|validate|test|predict --config configs/vqa/<name>.yaml`: the LightningCLI."""
 from __future__ import annotations
 
+import warnings
+
 from lightning.pytorch.cli import LightningCLI
 
 from vlbert.tasks.vqa.datamodule import VQADataModule
@@ -19,6 +21,7 @@ class VQACLI(LightningCLI):
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # called from Python with args
     VQACLI(
         VQAModule,
         VQADataModule,
