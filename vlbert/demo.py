@@ -83,6 +83,36 @@ def run_pretraining(args: list[str]) -> dict:
     }
 
 
+def vqa_args(world, features: str, run_dir: Path, init_from: str | None, feature_dim: int, train_fraction: float = 1.0) -> list[str]:
+    split = {s: (str(world.vqa_questions(s)), str(world.vqa_annotations(s))) for s in ("train", "val", "test")}
+    return [
+        "--config", str(Path(__file__).resolve().parents[1] / "configs" / "vqa" / "tiny.yaml"),
+        "--data.features", features,
+        "--data.tokenizer", str(world.tokenizer_dir),
+        *[arg for s, (q, a) in split.items() for arg in (f"--data.{s}_questions", q, f"--data.{s}_annotations", a)],
+        "--data.predict_questions", split["test"][0],
+        "--data.train_fraction", str(train_fraction),
+        "--model.init_from", init_from or "null",
+        "--model.model.region_feature_dim", str(feature_dim),
+        "--model.export_dir", str(run_dir / "export"),
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+    ]
+
+
+def run_vqa(args: list[str]) -> dict:
+    """Fine-tune on the training questions; VQA accuracy (official metric, percent) on the test split."""
+    from vlbert.tasks.vqa.cli import VQACLI
+    from vlbert.tasks.vqa.datamodule import VQADataModule
+    from vlbert.tasks.vqa.module import VQAModule
+
+    cli = VQACLI(VQAModule, VQADataModule, args=args, run=False, save_config_kwargs={"overwrite": True})
+    cli.trainer.fit(cli.model, cli.datamodule)
+    test = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+    return {k.removeprefix("test/"): round(float(v), 2) for k, v in test.items() if k.startswith("test/vqa_acc")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vlbert demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out", help="working directory (default: demo_out)")
@@ -102,19 +132,26 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"seed": args.seed, "num_images": args.num_images}
     started = time.time()
 
-    print(f"[1/3] synthetic world -> {out / 'world'}", flush=True)
+    print(f"[1/5] synthetic world -> {out / 'world'}", flush=True)
     world = generate_world(out / "world", seed=args.seed, num_images=args.num_images)
 
-    print("[2/3] region features from the world's images (torchvision Faster R-CNN)", flush=True)
+    print("[2/5] region features from the world's images (torchvision Faster R-CNN)", flush=True)
     features, feature_info = extract_features(world, out / "features.h5", args.direct_features)
     results["features"] = feature_info
 
-    print(f"[3/3] tiny pretraining, {args.pretrain_steps} steps on CPU", flush=True)
+    print(f"[3/5] tiny pretraining, {args.pretrain_steps} steps on CPU", flush=True)
     pretraining = run_pretraining(
         pretrain_args(world, features, out / "pretrain", args.pretrain_steps, feature_info["dim"],
                       feature_info["num_classes"], feature_info["detector_classes"])
     )
     results["pretrain"] = pretraining
+
+    print("[4/5] VQA: fine-tune the pretrained encoder; and an untrained one on 10% of the questions", flush=True)
+    dim = str(feature_info["dim"])
+    results["vqa"] = {
+        "pretrained_all_questions": run_vqa(vqa_args(world, features, out / "vqa", pretraining["export"], int(dim))),
+        "untrained_10pct_questions": run_vqa(vqa_args(world, features, out / "vqa_scratch10", None, int(dim), 0.1)),
+    }
     results["seconds"] = round(time.time() - started, 1)
     print(json.dumps(results))
     return 0
