@@ -9,6 +9,7 @@ import json
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,13 +35,22 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall seconds of fn(), with the device queue drained before and after."""
+@dataclass
+class Timing:
+    wall: float  # seconds on the clock on the wall
+    cpu: float  # seconds this process ran (all its threads): robust to other work on a shared machine
+
+    def on(self, clock: str) -> float:
+        return self.wall if clock == "wall" else self.cpu
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> Timing:
+    """Wall and process-CPU seconds of fn(), with the device queue drained before and after."""
     synchronize(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
 
 
 def autocast(device: torch.device, dtype: str):
@@ -61,13 +71,16 @@ class MatmulPeak:
         self.b = torch.randn(size, size, generator=generator).to(device, torch_dtype)
         self.out = torch.empty(size, size, device=device, dtype=torch_dtype)
         self.device, self.size = device, size
-        self.samples: list[float] = []
+        self.samples: list[Timing] = []
         torch.mm(self.a, self.b, out=self.out)  # library initialisation, first touch of `out`
 
-    def measure(self) -> float:
-        seconds = timed(lambda: torch.mm(self.a, self.b, out=self.out), self.device)
-        self.samples.append(2.0 * self.size**3 / seconds)
-        return self.samples[-1]
+    def measure(self) -> None:
+        self.samples.append(timed(lambda: torch.mm(self.a, self.b, out=self.out), self.device))
+
+    def flops_per_s(self, clock: str, best: bool = False) -> float:
+        """Median (or best) FLOP/s over the measurements, on `clock`."""
+        rates = [2.0 * self.size**3 / t.on(clock) for t in self.samples]
+        return max(rates) if best else median(rates)
 
 
 def median(values: Sequence[float]) -> float:
