@@ -67,22 +67,26 @@ def dataset_parts(tiny_world, tiny_tokenizer):
 def test_mix_mode_conditional_masking_and_negatives(dataset_parts):
     pairs, store, tokenizer = dataset_parts
     dataset = PretrainDataset(pairs, store, tokenizer, Objectives(mixing="sum", mrc=1.0), seed=3)
-    roles = {"negative": 0, "text": 0, "image": 0}
+    roles = {"negative": 0, "positive": 0, "text": 0, "image": 0}
     for index in range(len(dataset)):
         example = dataset[(index, "mix", 0)]
         text_masked = (example["mlm_labels"] != IGNORE_INDEX).any()
         image_masked = example["region_masked"].any()
         assert not (text_masked and image_masked), "one modality at a time"
-        if example["itm_label"] == 0:
-            assert not text_masked and not image_masked, "no masked modelling on mismatched pairs"
-            roles["negative"] += 1
+        if example["itm_label"] != IGNORE_INDEX:
+            # ITM pairs are never masked (a mask only on matched pairs would give the answer away)
+            assert not text_masked and not image_masked
+            roles["negative" if example["itm_label"] == 0 else "positive"] += 1
         else:
-            assert text_masked or image_masked
+            assert text_masked or image_masked, "masked modelling runs on matched pairs"
             roles["text" if text_masked else "image"] += 1
         if image_masked:
             assert np.all(example["region_features"][example["region_masked"]] == 0)
             assert len(example["region_targets"]) == example["region_masked"].sum() == len(example["region_labels"])
-    assert min(roles.values()) > len(dataset) * 0.15, roles
+    # weights mlm 1, region 1 + 1 + 1, itm 1: roles text 1/5, image 3/5, itm 1/5 (half negative)
+    n = len(dataset)
+    assert roles["text"] == pytest.approx(n / 5, abs=n * 0.08) and roles["image"] == pytest.approx(3 * n / 5, abs=n * 0.1)
+    assert roles["negative"] == pytest.approx(n / 10, abs=n * 0.06) and roles["positive"] == pytest.approx(n / 10, abs=n * 0.06)
 
 
 def test_itm_negative_never_uses_the_captions_own_image(dataset_parts, monkeypatch):

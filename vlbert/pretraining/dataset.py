@@ -37,6 +37,10 @@ class PretrainDataset(Dataset):
         self.objectives = objectives
         self.max_regions = max_regions
         self.seed = seed
+        weights = objectives.weights()
+        roles = {"itm": weights["itm"], "text": weights["mlm"], "image": sum(weights[t] for t in REGION_TASKS)}
+        self.roles = [role for role, weight in roles.items() if weight > 0]
+        self.role_probs = np.array([roles[r] for r in self.roles]) / sum(roles[r] for r in self.roles)
         self.image_ids = sorted({p.image_id for p in self.pairs})
         self.image_position = {image_id: i for i, image_id in enumerate(self.image_ids)}
         if objectives.itm > 0 and len(self.image_ids) < 2:
@@ -66,14 +70,13 @@ class PretrainDataset(Dataset):
             mask_text = True
         elif task in REGION_TASKS:
             mask_image = True
-        else:  # "mix": one role per example; masked modelling only on matched pairs
-            if objectives.itm > 0:
+        else:  # "mix": one role per example, drawn with the objective weights as ratios
+            role = self.roles[rng.choice(len(self.roles), p=self.role_probs)]
+            if role == "itm":
+                # ITM examples are never masked: were only matched pairs masked, a mask would
+                # itself give the ITM answer away.
                 itm_label = int(rng.random() >= objectives.itm_negative_prob)
-            if itm_label != 0:
-                modalities = [m for m, on in (("text", objectives.mlm > 0), ("image", any(getattr(objectives, t) > 0 for t in REGION_TASKS))) if on]
-                if modalities:
-                    choice = modalities[rng.integers(len(modalities))]
-                    mask_text, mask_image = choice == "text", choice == "image"
+            mask_text, mask_image = role == "text", role == "image"
         image_id = pair.image_id if itm_label != 0 else self._negative_image(pair.image_id, rng)
         record = self.store[image_id]
         features = record.features[: self.max_regions]

@@ -16,7 +16,8 @@ class Objectives:
 
     Weights: 0 switches an objective off. mixing="sample" draws one task per step with
     probability proportional to its weight (UNITER); mixing="sum" gives every example one
-    role (ITM negative, text-masked or region-masked positive) and adds the weighted losses.
+    role (ITM pair, text-masked or region-masked matched pair), drawn with the weights as
+    ratios (the region objectives share the region role), and adds the weighted losses.
     """
 
     mlm: float = 1.0  # masked language modelling
