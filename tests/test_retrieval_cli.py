@@ -34,6 +34,7 @@ def retrieval_args(world, root, **extra) -> list[str]:
         "--model.model.intermediate_size", "64",
         "--model.negatives.images", "2",
         "--model.negatives.captions", "2",
+        "--model.negatives.random_steps", "0",
         "--trainer.default_root_dir", str(root),
         "--trainer.enable_progress_bar", "false",
         "--trainer.logger", "false",
@@ -158,3 +159,21 @@ def test_training_keeps_the_hardest_sampled_negatives(tiny_world):
         negatives = dataset[(0, 7, 20)[row]]
         assert image not in negatives["negative_images"].tolist()
         assert not set(negatives["negative_captions"].tolist()) & set(dataset.split.image_captions[image])
+
+
+@pytest.mark.parametrize("loss,images,captions", [("itm", 2, 3), ("margin", 0, 3), ("softmax", 4, 0)])
+def test_training_step_trains_every_parameter(tiny_world, loss, images, captions):
+    dm = RetrievalDataModule(str(tiny_world.karpathy_json), str(tiny_world.features_path), str(tiny_world.tokenizer_dir),
+                             train_splits=["train"], batch_size=3, negative_images=images and 5, negative_captions=captions and 5,
+                             num_workers=0)
+    dm.setup("fit")
+    batch = dm.train_dataset.collate([dm.train_dataset[i] for i in (1, 2, 3)])
+    module = RetrievalModule(model=tiny_config(), negatives={"images": images, "captions": captions, "loss": loss})
+    module.log = lambda *args, **kwargs: None
+    module.train()
+    loss_value = module.training_step(batch, 0)
+    assert torch.isfinite(loss_value)
+    loss_value.backward()
+    assert module.training  # the no-gradient scoring of the sampled negatives restored train mode
+    no_grad = [n for n, p in module.named_parameters() if p.grad is None]
+    assert no_grad == []

@@ -123,8 +123,8 @@ class RetrievalTrainDataset(Dataset):
             "region_mask": length_mask([len(f) for f, _ in regions]),
             "positive_text": torch.tensor(positive_text, dtype=torch.long),
             "positive_image": torch.tensor(positive_image, dtype=torch.long),
-            "negative_images": torch.tensor(negative_images, dtype=torch.long).view(len(examples), -1),
-            "negative_texts": torch.tensor(negative_texts, dtype=torch.long).view(len(examples), -1),
+            "negative_images": torch.tensor(negative_images, dtype=torch.long).view(len(examples), self.negative_images),
+            "negative_texts": torch.tensor(negative_texts, dtype=torch.long).view(len(examples), self.negative_captions),
         }
 
 

@@ -49,6 +49,7 @@ class RetrievalModule(L.LightningModule):
         negatives: HardNegatives = HardNegatives(),
         optimization: Optimization = Optimization(),
         eval_pairs_per_batch: int = 1024,
+        dropout: float | None = None,
         dump_scores: str | None = None,
         export_dir: str | None = None,
     ) -> None:
@@ -63,7 +64,10 @@ class RetrievalModule(L.LightningModule):
                 "itm_head.*" initialise the model.
             negatives: hard-negative selection and the ranking loss.
             optimization: AdamW and learning-rate schedule.
-            eval_pairs_per_batch: (image, caption) pairs per forward pass in evaluation.
+            eval_pairs_per_batch: (image, caption) pairs per forward pass in evaluation and in
+                the no-gradient scoring of sampled negatives.
+            dropout: when set, replaces the hidden and attention dropout of the model however it
+                was initialised (UNITER fine-tunes with 0.1).
             dump_scores: `validate` / `test` write the score matrix, ids and recall here (a .pt
                 file, written by rank 0); an existing file is never overwritten.
             export_dir: when set, the fine-tuned model is saved there (save_pretrained) when fit ends.
@@ -80,7 +84,7 @@ class RetrievalModule(L.LightningModule):
             raise ValueError("negatives.images and negatives.captions must be >= 0 and not both 0")
         if init_from:
             config, state = load_pretrained(init_from)
-            self._build(config)
+            self._build(config, dropout)
             missing = load_submodule_state(self.vlbert, state, "vlbert.", strict=True)
             if missing:
                 raise ValueError(f"{init_from} lacks encoder weights {missing[:10]}")
@@ -95,11 +99,11 @@ class RetrievalModule(L.LightningModule):
                 for f in dataclasses.fields(model)
                 if f.name.startswith("region") or f.name in ("num_region_classes", "gradient_checkpointing")
             }
-            self._build(VLBertConfig.from_bert(bert, **region))
+            self._build(VLBertConfig.from_bert(bert, **region), dropout)
             report = load_bert_into(self, bert)
             log.info("initialised from BERT %s; new: %s", bert, report["missing"])
         else:
-            self._build(model)
+            self._build(model, dropout)
         self.negatives = negatives
         self.optimization = optimization
         self.eval_pairs_per_batch = eval_pairs_per_batch
@@ -115,12 +119,15 @@ class RetrievalModule(L.LightningModule):
                 "negatives": dataclasses.asdict(negatives),
                 "optimization": dataclasses.asdict(optimization),
                 "eval_pairs_per_batch": eval_pairs_per_batch,
+                "dropout": dropout,
                 "dump_scores": dump_scores,
                 "export_dir": export_dir,
             }
         )
 
-    def _build(self, config: VLBertConfig) -> None:
+    def _build(self, config: VLBertConfig, dropout: float | None) -> None:
+        if dropout is not None:
+            config = dataclasses.replace(config, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
         self.config = config
         self.vlbert = VLBertModel(config)
         self.itm_head = ITMHead(config)
@@ -203,11 +210,15 @@ class RetrievalModule(L.LightningModule):
             return negative_images, negative_texts
         was_training = self.training
         self.eval()
+        chunk = self.eval_pairs_per_batch
+        text_index, image_index = self._negative_pairs(batch, negative_images, negative_texts)
         with torch.no_grad():
-            scores = self._score_pairs(batch, *self._negative_pairs(batch, negative_images, negative_texts))
+            scores = torch.cat(
+                [self._score_pairs(batch, t, i) for t, i in zip(text_index.split(chunk), image_index.split(chunk))]
+            )
         self.train(was_training)
-        b, n_img = negative_images.shape
-        image_scores, text_scores = scores[: b * n_img].view(b, n_img), scores[b * n_img :].view(b, -1)
+        (b, n_img), n_cap = negative_images.shape, negative_texts.shape[1]
+        image_scores, text_scores = scores[: b * n_img].view(b, n_img), scores[b * n_img :].view(b, n_cap)
         hard_images = negative_images.gather(1, select_hardest(image_scores, keep_img))
         hard_texts = negative_texts.gather(1, select_hardest(text_scores, keep_cap))
         return hard_images, hard_texts
@@ -220,8 +231,8 @@ class RetrievalModule(L.LightningModule):
         image_index = torch.cat([batch["positive_image"], negatives[1]])
         scores = self._score_pairs(batch, text_index, image_index)
         positive = scores[:b]
-        image_negatives = scores[b : b + hard_images.numel()].view(b, -1)
-        text_negatives = scores[b + hard_images.numel() :].view(b, -1)
+        image_negatives = scores[b : b + hard_images.numel()].view(b, hard_images.shape[1])
+        text_negatives = scores[b + hard_images.numel() :].view(b, hard_texts.shape[1])
         cfg = self.negatives
         loss_t2i = ranking_loss(cfg.loss, positive, image_negatives, cfg.margin)  # caption vs images
         loss_i2t = ranking_loss(cfg.loss, positive, text_negatives, cfg.margin)  # image vs captions
@@ -264,7 +275,6 @@ class RetrievalModule(L.LightningModule):
         if state is None or self.trainer.sanity_checking:
             return
         split = state["split"]
-        local_pairs = state["scores"].numel()
         scores = gather_rows(state["scores"], split.num_images)
         if torch.isnan(scores).any():
             missing = int(torch.isnan(scores).any(1).sum())
@@ -272,20 +282,20 @@ class RetrievalModule(L.LightningModule):
                 f"{missing} of {split.num_images} images were not scored; evaluation needs every batch "
                 "(do not set trainer.limit_val_batches / limit_test_batches for retrieval)"
             )
-        seconds = time.perf_counter() - state["start"]
+        seconds = time.perf_counter() - state["start"]  # on rank 0: until the slowest shard arrived
         caption_image = torch.tensor(split.caption_image, device=scores.device)
         metrics = retrieval_recall(scores, caption_image)
         stage = state["stage"]
         # Every rank holds the same matrix and metrics; sync_dist only averages equal values
-        # (and the per-rank throughput).
+        # (and the ranks' nearly equal throughput: all pairs / evaluation wall time).
         for name, value in metrics.items():
             self.log(f"{stage}/{name}", value, prog_bar=name in ("r_mean", "i2t_r1", "t2i_r1"), sync_dist=True)
-        self.log(f"{stage}/pairs_per_second_per_rank", local_pairs / max(seconds, 1e-9), sync_dist=True)
+        self.log(f"{stage}/pairs_per_second", scores.numel() / max(seconds, 1e-9), sync_dist=True)
         self.last_metrics = metrics
         if self.dump_scores and (stage == "test" or self.trainer.state.fn != "fit"):
-            self._dump(scores, split, metrics)
+            self._dump(scores, split, metrics, seconds)
 
-    def _dump(self, scores: torch.Tensor, split, metrics: dict) -> None:
+    def _dump(self, scores: torch.Tensor, split, metrics: dict, seconds: float) -> None:
         if not self.trainer.is_global_zero:
             return
         path = Path(self.dump_scores)
@@ -301,6 +311,8 @@ class RetrievalModule(L.LightningModule):
                 "caption_image": split.caption_image,
                 "metrics": metrics,
                 "source": split.source,
+                "seconds": seconds,  # evaluation wall time (tokenization, loading, scoring, gather)
+                "world_size": self.trainer.world_size,
             },
             tmp,
         )
