@@ -152,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         "pretrained_all_questions": run_vqa(vqa_args(world, features, out / "vqa", pretraining["export"], int(dim))),
         "untrained_10pct_questions": run_vqa(vqa_args(world, features, out / "vqa_scratch10", None, int(dim), 0.1)),
     }
+
+    print("[5/5] retrieval: fine-tune the pretrained encoder with hard negatives", flush=True)
+    from vlbert.tasks.retrieval.demo import retrieval_args, run_retrieval
+
+    results["retrieval"] = run_retrieval(
+        retrieval_args(world, features, out / "retrieval", init_from=pretraining["export"], feature_dim=int(dim))
+    )
     results["seconds"] = round(time.time() - started, 1)
     print(json.dumps(results))
     return 0
