@@ -84,7 +84,7 @@ def linear_train_flops(rows: int, fan_in: int, fan_out: int, input_grad: bool = 
 
 
 def encoder_train_flops(config: VLBertConfig, batch: int, length: int, rows: int) -> int:
-    """Matmul FLOPs of the encoder layers and pooler for one step: the projections and feed-forward
+    """Matmul FLOPs of the encoder layers for one step: the projections and feed-forward
     run on `rows` token rows (B * L padded, or the real tokens when the encoder packs), attention
     on the padded [B, L] layout."""
     h, i = config.hidden_size, config.intermediate_size
@@ -95,7 +95,7 @@ def encoder_train_flops(config: VLBertConfig, batch: int, length: int, rows: int
         + linear_train_flops(rows, i, h)
         + 3 * 2 * 2 * batch * length * length * h  # QK^T and AV: forward + two gradients each
     )
-    return config.num_hidden_layers * per_layer + linear_train_flops(batch, h, h)
+    return config.num_hidden_layers * per_layer
 
 
 def train_flops(config: VLBertConfig, batch: dict) -> int:
@@ -116,7 +116,10 @@ def train_flops(config: VLBertConfig, batch: dict) -> int:
             flops += linear_train_flops(region_targets, h, h) + linear_train_flops(region_targets, h, config.region_feature_dim)
         if "mrc_kl" in batch.get("objectives", ()):
             flops += linear_train_flops(region_targets, h, h) + linear_train_flops(region_targets, h, config.num_region_classes)
-    flops += linear_train_flops(int((batch["itm_labels"] != IGNORE_INDEX).sum()), h, 2)
+    itm_rows = int((batch["itm_labels"] != IGNORE_INDEX).sum())
+    flops += linear_train_flops(itm_rows, h, 2)
+    # The pooler always runs forward; it has a backward only when some example trains ITM.
+    flops += linear_train_flops(b, h, h) if itm_rows else 2 * b * h * h
     return flops
 
 
@@ -131,6 +134,7 @@ def visualbert_train_flops(config: VLBertConfig, batch: dict) -> int:
         + linear_train_flops(b * (t + r), h, h)
         + linear_train_flops(b * (t + r), h, config.vocab_size)
         + linear_train_flops(b, h, 2)
+        + linear_train_flops(b, h, h)  # pooler
     )
 
 
@@ -239,7 +243,8 @@ def visualbert_batch(batch: dict, text_len: int, regions: int) -> dict:
         "visual_embeds": pad(batch["region_features"], regions, 0.0),
         "visual_attention_mask": pad(batch["region_mask"], regions, False).long(),
         "labels": torch.cat([labels, torch.full((b, regions), IGNORE_INDEX, dtype=labels.dtype)], 1),
-        "sentence_image_labels": batch["itm_labels"],
+        # VisualBERT trains ITM on every example; vlbert's examples without an ITM role are matched pairs.
+        "sentence_image_labels": batch["itm_labels"].masked_fill(batch["itm_labels"] == IGNORE_INDEX, 1),
     }
 
 

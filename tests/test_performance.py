@@ -100,3 +100,17 @@ def test_pretrain_step_bench_runs_at_tiny_size():
         assert result[key] > 0, key
     assert result["mix_visualbert_padded_len"] == 140
     assert set(result["targets"]) == {"fixed_ratio_ge_1.25", "fraction_of_peak_ge_0.5", "mix_ratio_ge_2"}
+
+
+def test_explicit_attention_matches_sdpa():
+    """The CPU training path (explicit softmax attention) equals SDPA; with dropout 0 they must agree."""
+    from vlbert.modeling.encoder import explicit_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 6, 8, generator=g) for _ in range(3))
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])[:, None, None, :]
+    for key_mask in (None, mask):
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        torch.testing.assert_close(explicit_attention(q, k, v, key_mask, 0.0), expected, atol=1e-5, rtol=1e-5)
+    dropped = explicit_attention(q, k, v, mask, 0.5)
+    assert dropped.shape == q.shape and torch.isfinite(dropped).all()
