@@ -17,7 +17,7 @@ import torch
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.model import VLBertModel
 from vlbert.modeling.pretrained import load_bert_into, load_pretrained, load_submodule_state
-from vlbert.pretraining.module import Optimization, as_dataclass
+from vlbert.pretraining.module import Optimization, as_dataclass, build_optimizer
 from vlbert.tasks.vqa.answers import AnswerVocab
 from vlbert.tasks.vqa.metric import evaluate_examples
 from vlbert.tasks.vqa.model import VQAHead, head_state_of, save_vqa_directory, vqa_loss
@@ -251,25 +251,8 @@ class VQAModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation, checkpoints, export
 
     def configure_optimizers(self):
-        """AdamW: no decay on biases / LayerNorms, the head at lr * head_lr_multiplier; linear
-        warm-up then linear decay to zero (the schedule of vlbert.pretraining.module.build_optimizer)."""
-        opt = self.optimization
-        groups = []
-        for module, lr in ((self.vlbert, opt.lr), (self.vqa_head, opt.lr * self.head_lr_multiplier)):
-            params = [p for p in module.parameters() if p.requires_grad]
-            groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": opt.weight_decay, "lr": lr})
-            groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr})
-        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, fused=self.device.type == "cuda")
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(opt.warmup * total) if opt.warmup < 1 else int(opt.warmup)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (total - step) / max(total - warmup, 1))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        """AdamW with warm-up and linear decay; the head at lr * head_lr_multiplier (UNITER: 10x)."""
+        return build_optimizer(self, self.optimization, [(self.vlbert, 1.0), (self.vqa_head, self.head_lr_multiplier)])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vqa_answers"] = self.vocab.to_dict()

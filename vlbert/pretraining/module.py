@@ -4,9 +4,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import Sequence
 
 import lightning as L
 import torch
+from torch import nn
 
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.model import VLBertForPretraining
@@ -41,18 +43,24 @@ def as_dataclass(cls, value):
     return value if isinstance(value, cls) else cls(**value)
 
 
-def build_optimizer(module: L.LightningModule, optimization: Optimization):
-    """AdamW without weight decay on biases and LayerNorm weights; warm-up + linear decay schedule."""
-    decay, no_decay = [], []
-    for parameter in module.parameters():
-        if parameter.requires_grad:
-            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+def build_optimizer(
+    module: L.LightningModule,
+    optimization: Optimization,
+    parts: Sequence[tuple[nn.Module, float]] | None = None,
+):
+    """AdamW without weight decay on biases and LayerNorm weights; warm-up + linear decay schedule.
+
+    parts: (submodule, learning-rate multiplier) pairs, e.g. a task head at 10x the encoder's
+    rate; by default the whole module at 1x.
+    """
+    groups = []
+    for part, multiplier in parts or [(module, 1.0)]:
+        params = [p for p in part.parameters() if p.requires_grad]
+        lr = optimization.lr * multiplier
+        groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": optimization.weight_decay, "lr": lr})
+        groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr})
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": optimization.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=optimization.lr,
-        betas=tuple(optimization.betas),
-        eps=optimization.eps,
-        fused=module.device.type == "cuda",
+        groups, lr=optimization.lr, betas=tuple(optimization.betas), eps=optimization.eps, fused=module.device.type == "cuda"
     )
     total = max(int(module.trainer.estimated_stepping_batches), 1)
     warmup = int(optimization.warmup * total) if optimization.warmup < 1 else int(optimization.warmup)
