@@ -240,7 +240,7 @@ def visualbert_batch(batch: dict, text_len: int, regions: int) -> dict:
     return {
         "input_ids": pad(batch["input_ids"], text_len, 0),
         "attention_mask": pad(batch["text_mask"], text_len, False).long(),
-        "visual_embeds": pad(batch["region_features"], regions, 0.0),
+        "visual_embeds": pad(batch["region_features"].float(), regions, 0.0),  # as VisualBERT's users feed them
         "visual_attention_mask": pad(batch["region_mask"], regions, False).long(),
         "labels": torch.cat([labels, torch.full((b, regions), IGNORE_INDEX, dtype=labels.dtype)], 1),
         # VisualBERT trains ITM on every example; vlbert's examples without an ITM role are matched pairs.
