@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -38,9 +39,9 @@ def record_bytes(regions: int, feature_dim: int, num_classes: int) -> int:
     return regions * (feature_dim * 2 + 4 * 4 + num_classes * 2)
 
 
-def bare_pass(path: Path, image_ids: list[str], with_probs: bool) -> tuple[float, int]:
-    """Seconds to read every record once with plain h5py, and the bytes read."""
-    start = time.perf_counter()
+def bare_pass(path: Path, image_ids: list[str], with_probs: bool) -> tuple[float, float, int]:
+    """Wall and CPU seconds to read every record once with plain h5py, and the bytes read."""
+    start, cpu = time.perf_counter(), time.process_time()
     total = 0
     with h5py.File(path, "r") as f:
         images = f["images"]
@@ -51,19 +52,33 @@ def bare_pass(path: Path, image_ids: list[str], with_probs: bool) -> tuple[float
             total += features.nbytes + boxes.nbytes
             if with_probs:
                 total += group["class_probs"][()].nbytes
-    return time.perf_counter() - start, total
+    return time.perf_counter() - start, time.process_time() - cpu, total
 
 
-def loader_pass(loader, epoch: int, feature_dim: int, num_classes: int) -> tuple[float, int, int]:
-    """Seconds for one epoch of the DataLoader, the records it produced and their stored bytes."""
+def children_cpu_seconds() -> float:
+    """CPU seconds used so far by this process's live children (the DataLoader workers); Linux /proc."""
+    total, ticks = 0.0, os.sysconf("SC_CLK_TCK")
+    for children in Path("/proc/self/task").glob("*/children"):
+        for pid in children.read_text().split():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return total
+
+
+def loader_pass(loader, epoch: int, feature_dim: int, num_classes: int) -> tuple[float, float, int, int]:
+    """Wall seconds for one epoch of the DataLoader, CPU seconds of its workers and this process,
+    the records it produced and their stored bytes."""
     loader.batch_sampler.sampler.set_epoch(epoch)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time() + children_cpu_seconds()
     records = stored = 0
     for batch in loader:
         regions = int(batch["region_mask"].sum())
         records += len(batch["input_ids"])
         stored += record_bytes(regions, feature_dim, num_classes)
-    return time.perf_counter() - start, records, stored
+    return time.perf_counter() - start, time.process_time() + children_cpu_seconds() - cpu, records, stored
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -113,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
 
         loader_pass(loader, 0, args.feature_dim, args.num_classes)  # start the (persistent) workers
         bare_pass(store_path, order, args.num_classes > 0)  # and warm the page cache alike
-        bare_s, loader_s = [], []
+        bare_s, loader_s, bare_cpu, loader_cpu = [], [], [], []
         for round_index in range(args.rounds):
-            seconds, bare_bytes = bare_pass(store_path, order, args.num_classes > 0)
+            seconds, cpu, bare_bytes = bare_pass(store_path, order, args.num_classes > 0)
             bare_s.append(seconds)
-            seconds, records, loader_bytes = loader_pass(loader, round_index + 1, args.feature_dim, args.num_classes)
+            bare_cpu.append(cpu)
+            seconds, cpu, records, loader_bytes = loader_pass(loader, round_index + 1, args.feature_dim, args.num_classes)
             loader_s.append(seconds)
+            loader_cpu.append(cpu)
         del loader
     bare_rate = len(order) / median(bare_s)
     loader_rate = records / median(loader_s)
@@ -139,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": round(loader_rate / bare_rate, 3),
         "bare_s": [round(s, 3) for s in bare_s],
         "loader_s": [round(s, 3) for s in loader_s],
+        # Diagnostics: CPU time per record (the loader's: workers + main process). On a machine whose
+        # other work leaves the workers no spare core, wall-clock ratio ~ bare_cpu / loader_cpu.
+        "bare_cpu_ms_per_record": round(median(bare_cpu) / len(order) * 1e3, 3),
+        "loader_cpu_ms_per_record": round(median(loader_cpu) / records * 1e3, 3),
         "targets": {"loader_ge_0.8_of_bare": loader_rate / bare_rate >= 0.8},
         "machine": machine(),
     }

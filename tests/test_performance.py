@@ -114,3 +114,11 @@ def test_explicit_attention_matches_sdpa():
         torch.testing.assert_close(explicit_attention(q, k, v, key_mask, 0.0), expected, atol=1e-5, rtol=1e-5)
     dropped = explicit_attention(q, k, v, mask, 0.5)
     assert dropped.shape == q.shape and torch.isfinite(dropped).all()
+
+
+def test_loader_bench_runs_at_tiny_size():
+    result = run_bench("loader.py", "--images", "48", "--feature-dim", "32", "--batch-size", "8", "--workers", "1", "--rounds", "1")
+    assert result["bare_records_per_s"] > 0 and result["loader_records_per_s"] > 0
+    assert abs(result["ratio"] - result["loader_records_per_s"] / result["bare_records_per_s"]) < 0.01 * result["ratio"] + 1e-3
+    assert result["loader_cpu_ms_per_record"] > 0
+    assert set(result["targets"]) == {"loader_ge_0.8_of_bare"}
