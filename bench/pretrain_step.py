@@ -362,6 +362,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "robust to other work on a shared machine (default on CPU with one thread); wall otherwise")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device on this machine")
     if args.steps < 1:
         parser.error("--steps must be >= 1")
     return args
