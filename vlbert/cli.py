@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,7 +33,6 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -44,12 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vlbert: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    if from_command_line:
-        # The subcommand reads its own arguments from sys.argv (LightningCLI prefers that to args=).
-        sys.argv = [f"{Path(sys.argv[0]).name} {name}", *rest]
-        result = module.main(None)
-    else:
-        result = module.main(rest)
+    # sys.argv stays as it is: DDP launchers re-run this very command line in each rank.
+    result = module.main(rest)
     return int(result or 0)
 
 
