@@ -163,3 +163,6 @@ def test_task_batch_sampler_ratios_buckets_and_resume():
     assert list(resumed) == epoch1[7:]
     every = TaskBatchSampler(EpochSampler(25, shuffle=False), 10, False, tasks=["mlm", "itm"], every_task=True)
     assert len(list(every)) == len(every) == 6
+    first = list(every)
+    every.sampler.set_epoch(3)
+    assert list(every) == first and all(key[2] == 0 for b in first for key in b)  # fixed validation examples

@@ -38,7 +38,8 @@ class TaskBatchSampler(BatchSampler):
 
     tasks/weights: one task drawn per batch with probability proportional to its weight
       (a single task, e.g. "mix", gives every batch that task);
-    every_task: instead yield each batch once per task (validation: every metric on every example);
+    every_task: instead yield each batch once per task, always with epoch 0's keys (validation:
+      every metric on the same examples each time);
     lengths: when given, indices are grouped `bucket_batches` batches at a time and sorted by
       length inside the group, so padding stays small; batch order is then shuffled;
     resume_epoch/resume_batches: skip the batches of that epoch a checkpointed run already consumed.
@@ -91,7 +92,9 @@ class TaskBatchSampler(BatchSampler):
         return batches
 
     def __iter__(self) -> Iterator[list[tuple[int, str, int]]]:
-        epoch = self.epoch
+        # Validation (every_task) always builds epoch 0's examples: the same masks and negatives
+        # at every evaluation, so held-out metrics are comparable across a run.
+        epoch = 0 if self.every_task else self.epoch
         rng = np.random.default_rng([self.seed, epoch])
         batches = self._index_batches(rng)
         if self.every_task:
