@@ -183,3 +183,21 @@ def test_data_module_argument_errors(tiny_world):
     dm = datamodule(tiny_world, val_questions=str(tiny_world.vqa_questions("val")))
     with pytest.raises(ValueError, match="data.val_annotations is not"):
         dm.setup("validate")
+
+
+def test_one_datamodule_serves_fit_then_test(tmp_path):
+    """The demo fits and then tests with the same datamodule: test must load the test split then."""
+    from vlbert.synth import generate_world
+    from vlbert.tasks.vqa.datamodule import VQADataModule
+
+    world = generate_world(tmp_path / "w", seed=1, num_images=20)
+    data = VQADataModule(
+        features=str(world.features_path), tokenizer=str(world.tokenizer_dir),
+        train_questions=str(world.vqa_questions("train")), train_annotations=str(world.vqa_annotations("train")),
+        test_questions=str(world.vqa_questions("test")), test_annotations=str(world.vqa_annotations("test")),
+        feature_id_format="{image_id}", min_answer_count=1,
+    )
+    data.setup("fit")
+    assert data.examples["train"] and "test" not in data.examples
+    data.setup("test")
+    assert len(data.examples["test"]) > 0

@@ -121,13 +121,15 @@ class VQADataModule(L.LightningDataModule):
         return load_vqa(questions, annotations, fmt)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.store is not None:
-            return
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.tokenizer)
-        self.store = FeatureStore(hp.features)
+        if self.store is None:
+            self.tokenizer = load_tokenizer(hp.tokenizer)
+            self.store = FeatureStore(hp.features)
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        # Each stage loads the splits it needs (fit then test on one datamodule loads test then).
         for split in needed.get(stage, SPLITS):
+            if split in self.examples:
+                continue
             self.examples[split] = self._load_split(split)
             if self.examples[split]:
                 self.store.check_ids(
