@@ -83,31 +83,36 @@ def linear_train_flops(rows: int, fan_in: int, fan_out: int, input_grad: bool = 
     return 2 * rows * fan_in * fan_out * (3 if input_grad else 2)
 
 
-def encoder_train_flops(config: VLBertConfig, batch: int, length: int, rows: int) -> int:
-    """Matmul FLOPs of the encoder layers for one step: the projections and feed-forward
-    run on `rows` token rows (B * L padded, or the real tokens when the encoder packs), attention
-    on the padded [B, L] layout."""
+def encoder_train_flops(config: VLBertConfig, rows: int, attention_pairs: int) -> int:
+    """Matmul FLOPs of the encoder layers for one step: projections and feed-forward on `rows` token
+    rows (B * L padded, or the real tokens when the encoder packs), attention over `attention_pairs`
+    query-key pairs (B * L^2 padded, or sum of n_i^2 when each example attends on its own)."""
     h, i = config.hidden_size, config.intermediate_size
     per_layer = (
         linear_train_flops(rows, h, 3 * h)
         + linear_train_flops(rows, h, h)
         + linear_train_flops(rows, h, i)
         + linear_train_flops(rows, i, h)
-        + 3 * 2 * 2 * batch * length * length * h  # QK^T and AV: forward + two gradients each
+        + 3 * 2 * 2 * attention_pairs * h  # QK^T and AV: forward + two gradients each
     )
     return config.num_hidden_layers * per_layer
 
 
 def train_flops(config: VLBertConfig, batch: dict) -> int:
     """Matmul FLOPs of one vlbert pretraining step (forward + backward) as executed on this batch:
-    region projections on the padded regions, the encoder packed to real tokens when there is padding."""
+    region projections on the padded regions; with padding, the encoder packed to real tokens and,
+    on CPU, attention per example (on GPU, padded, as SDPA runs it)."""
     b, t = batch["input_ids"].shape
     r = batch["region_features"].shape[1]
     h = config.hidden_size
+    lengths = batch["text_mask"].sum(1) + batch["region_mask"].sum(1)
+    padded = bool((lengths < t + r).any())
+    per_example = padded and batch["input_ids"].device.type == "cpu"
+    pairs = int((lengths.long() ** 2).sum()) if per_example else b * (t + r) ** 2
     flops = linear_train_flops(b * r, config.region_feature_dim, h, input_grad=False)
     if config.region_location_dim:
         flops += linear_train_flops(b * r, config.region_location_dim, h, input_grad=False)
-    flops += encoder_train_flops(config, b, t + r, real_tokens(batch))
+    flops += encoder_train_flops(config, real_tokens(batch) if padded else b * (t + r), pairs)
     text_targets = int((batch["mlm_labels"] != IGNORE_INDEX).sum())
     flops += linear_train_flops(text_targets, h, h) + linear_train_flops(text_targets, h, config.vocab_size)
     region_targets = int(batch["region_masked"].sum())
@@ -130,7 +135,7 @@ def visualbert_train_flops(config: VLBertConfig, batch: dict) -> int:
     h = config.hidden_size
     return (
         linear_train_flops(b * r, config.region_feature_dim, h, input_grad=False)
-        + encoder_train_flops(config, b, t + r, b * (t + r))
+        + encoder_train_flops(config, b * (t + r), b * (t + r) ** 2)
         + linear_train_flops(b * (t + r), h, h)
         + linear_train_flops(b * (t + r), h, config.vocab_size)
         + linear_train_flops(b, h, 2)

@@ -122,3 +122,18 @@ def test_loader_bench_runs_at_tiny_size():
     assert abs(result["ratio"] - result["loader_records_per_s"] / result["bare_records_per_s"]) < 0.01 * result["ratio"] + 1e-3
     assert result["loader_cpu_ms_per_record"] > 0
     assert set(result["targets"]) == {"loader_ge_0.8_of_bare"}
+
+
+def test_per_example_attention_matches_padded_sdpa():
+    """CPU packed attention (each example on its own tokens) equals the padded SDPA path GPUs take."""
+    from vlbert.modeling.encoder import SelfAttention, packed_attention
+
+    torch.manual_seed(0)
+    attention = SelfAttention(tiny_config()).eval()
+    hidden, mask = padded_batch()
+    packing = Packing.from_key_mask(mask)
+    assert packing.lengths == [9, 4, 7]
+    qkv = attention.qkv(packing.pack(hidden))
+    per_example = packed_attention(qkv, packing.lengths, attention.num_heads, 0.0)
+    padded = packing.pack(attention.padded_attention(packing.unpack(qkv), mask, 0.0))
+    torch.testing.assert_close(per_example, padded, atol=1e-5, rtol=1e-5)

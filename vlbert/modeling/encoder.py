@@ -1,14 +1,15 @@
 """The Transformer encoder: BERT's post-LayerNorm layers with torch SDPA attention.
 
 Padded batches run "packed": every per-token operation (projections, feed-forward, dropout,
-LayerNorm) sees only the N real tokens [N, H]; only attention goes back to the padded
-[B, heads, L, head_dim] layout that SDPA needs. With the 10-100 regions an adaptive extractor
-gives, a batch padded to its longest example is ~40% padding; packed, that costs nothing
-but two gathers per layer. Outputs at padded positions are zeros.
+LayerNorm) sees only the N real tokens [N, H]. With the 10-100 regions an adaptive extractor
+gives, a batch padded to its longest example is ~40% padding; packed, it costs nothing. For
+attention, on CPU each example attends over its own tokens (cost sum(n_i^2), not B * L^2); on
+GPU the batch goes back to the padded [B, heads, L, head_dim] layout for SDPA's fused kernels.
+Outputs at padded positions are zeros.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,17 +26,33 @@ def activation(name: str) -> nn.Module:
 
 @dataclass
 class Packing:
-    """Where the real tokens of a padded [B, L] batch are: `index` [N] holds b * L + l of each."""
+    """Where the real tokens of a padded [B, L] batch are: `index` [N] holds b * L + l of each,
+    in batch order, so each example's tokens are consecutive rows of the packed [N, C] tensor."""
 
     index: torch.Tensor
-    batch: int
-    length: int
+    key_mask: torch.Tensor  # [B, L] bool
+    _lengths: list[int] | None = field(default=None, repr=False)
 
     @classmethod
     def from_key_mask(cls, attention_mask: torch.Tensor) -> "Packing":
         """attention_mask [B, 1, 1, L] bool (True = real token)."""
-        batch, length = attention_mask.shape[0], attention_mask.shape[-1]
-        return cls(attention_mask.reshape(batch * length).nonzero().squeeze(1), batch, length)
+        key_mask = attention_mask.reshape(attention_mask.shape[0], attention_mask.shape[-1])
+        return cls(key_mask.reshape(-1).nonzero().squeeze(1), key_mask)
+
+    @property
+    def batch(self) -> int:
+        return self.key_mask.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.key_mask.shape[1]
+
+    @property
+    def lengths(self) -> list[int]:
+        """Real tokens per example (read to the host once, on first use)."""
+        if self._lengths is None:
+            self._lengths = self.key_mask.sum(1).tolist()
+        return self._lengths
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
         """[B, L, C] -> [N, C]."""
@@ -50,14 +67,28 @@ class Packing:
 def explicit_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, dropout: float
 ) -> torch.Tensor:
-    """dropout(softmax(q k^T / sqrt(d) over attended keys)) v, written out. q, k, v [B, heads, L, d];
-    key_mask [B, 1, 1, L] bool or None. For CPU training with attention dropout, where SDPA has no
-    fused kernel and its math fallback costs ~20% more (q and k each rescaled, guards for rows with
-    no attended key, which cannot occur here: [CLS] is always attended)."""
+    """dropout(softmax(q k^T / sqrt(d) over attended keys)) v, written out. q, k, v [..., L, d];
+    key_mask broadcastable to [..., 1, L], bool, or None. Used on CPU: with attention dropout SDPA
+    has no fused CPU kernel, and its math fallback costs ~20% more (q and k each rescaled, guards
+    for rows with no attended key, which cannot occur here: [CLS] is always attended)."""
     scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask, float("-inf"))
-    return torch.matmul(F.dropout(scores.softmax(-1), dropout, training=True), v)
+    probs = scores.softmax(-1)
+    if dropout > 0:
+        probs = F.dropout(probs, dropout, training=True)
+    return torch.matmul(probs, v)
+
+
+def packed_attention(qkv: torch.Tensor, lengths: list[int], num_heads: int, dropout: float) -> torch.Tensor:
+    """Each example attends over its own tokens only. qkv [N, 3H] packed (examples' rows
+    consecutive, q|k|v along the last dim) -> context [N, H]."""
+    width = qkv.shape[-1] // 3
+    contexts = []
+    for rows in qkv.split(lengths):
+        q, k, v = rows.view(-1, 3, num_heads, width // num_heads).permute(1, 2, 0, 3)  # 3 x [heads, n, d]
+        contexts.append(explicit_attention(q, k, v, None, dropout).transpose(0, 1).reshape(-1, width))
+    return torch.cat(contexts)
 
 
 class SelfAttention(nn.Module):
@@ -78,21 +109,25 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         """hidden [B, L, H], or [N, H] real tokens with `packing`; attention_mask [B, 1, 1, L] bool
         (True = key is attended) or None."""
-        width = hidden.shape[-1]
         qkv = self.qkv(hidden)
-        if packing is not None:
-            qkv = packing.unpack(qkv)
-        batch, length = qkv.shape[:2]
-        q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         dropout = self.attention_dropout if self.training else 0.0
+        if packing is not None and qkv.device.type == "cpu":
+            context = packed_attention(qkv, packing.lengths, self.num_heads, dropout)
+        else:
+            context = self.padded_attention(qkv if packing is None else packing.unpack(qkv), attention_mask, dropout)
+            if packing is not None:
+                context = packing.pack(context)
+        return self.LayerNorm(hidden + self.dropout(self.out(context)))
+
+    def padded_attention(self, qkv: torch.Tensor, attention_mask: torch.Tensor | None, dropout: float) -> torch.Tensor:
+        """qkv [B, L, 3H] -> context [B, L, H]."""
+        batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if dropout > 0 and q.device.type == "cpu":
             context = explicit_attention(q, k, v, attention_mask, dropout)
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout)
-        context = context.transpose(1, 2).reshape(batch, length, width)
-        if packing is not None:
-            context = packing.pack(context)
-        return self.LayerNorm(hidden + self.dropout(self.out(context)))
+        return context.transpose(1, 2).reshape(batch, length, width)
 
 
 class FeedForward(nn.Module):
