@@ -86,7 +86,8 @@ def packed_attention(qkv: torch.Tensor, lengths: list[int], num_heads: int, drop
     width = qkv.shape[-1] // 3
     contexts = []
     for rows in qkv.split(lengths):
-        q, k, v = rows.view(-1, 3, num_heads, width // num_heads).permute(1, 2, 0, 3)  # 3 x [heads, n, d]
+        parts = rows.view(-1, 3, num_heads, width // num_heads).split(1, dim=1)
+        q, k, v = (part.squeeze(1).transpose(0, 1) for part in parts)  # [heads, n, d] each
         contexts.append(explicit_attention(q, k, v, None, dropout).transpose(0, 1).reshape(-1, width))
     return torch.cat(contexts)
 
@@ -122,7 +123,9 @@ class SelfAttention(nn.Module):
     def padded_attention(self, qkv: torch.Tensor, attention_mask: torch.Tensor | None, dropout: float) -> torch.Tensor:
         """qkv [B, L, 3H] -> context [B, L, H]."""
         batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
-        q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # split (not unbind): its backward writes the q|k|v gradients into [B, L, 3H] in one pass
+        parts = qkv.view(batch, length, 3, self.num_heads, self.head_dim).split(1, dim=2)
+        q, k, v = (part.squeeze(2).transpose(1, 2) for part in parts)  # [B, heads, L, d] each
         if dropout > 0 and q.device.type == "cpu":
             context = explicit_attention(q, k, v, attention_mask, dropout)
         else:
