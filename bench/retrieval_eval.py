@@ -11,7 +11,7 @@ not counted). Each setting pins `--threads` intra-op threads per process, so "2 
 uses twice the cores of "1 process"; a 1-process run with 2x threads is the fair
 same-cores comparison. The 2-process score matrix is checked against the 1-process one.
 
-    python bench/retrieval_eval.py                          # 60 images x 300 captions
+    python bench/retrieval_eval.py                          # 32 images x 160 captions, 128-wide 2 layers
     python bench/retrieval_eval.py --images 100 --hidden 768 --layers 12 --feature-dim 2048
 """
 from __future__ import annotations
@@ -89,12 +89,12 @@ def run_test(work: Path, name: str, processes: int, threads: int, args: argparse
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=60)
+    p.add_argument("--images", type=int, default=32)
     p.add_argument("--captions-per-image", type=int, default=5)
     p.add_argument("--regions", type=int, default=36)
     p.add_argument("--feature-dim", type=int, default=2048)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--pairs-per-batch", type=int, default=1024)
     p.add_argument("--images-per-batch", type=int, default=16)

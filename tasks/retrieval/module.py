@@ -27,17 +27,26 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class HardNegatives:
-    """How many of the sampled negatives (data.negative_images / data.negative_captions)
-    each positive keeps for the loss: the highest-scoring ones under the current model.
-    Keeping all sampled negatives skips the extra scoring pass."""
+    """Which negatives each positive trains against, and the loss.
 
-    images: int = 3  # hardest negative images kept per caption
-    captions: int = 3  # hardest negative captions kept per image
-    loss: str = "itm"  # "itm" (binary cross-entropy), "margin" (UNITER's hinge), "softmax" (listwise)
-    margin: float = 0.2  # for loss: margin
-    random_steps: int = 0  # first steps keep randomly drawn negatives instead of the hardest:
-    # a model trained from scratch has no useful notion of "hard" yet, and mining its noise
-    # can keep it at chance (0 = mine from the first step, as UNITER does from a pretrained model)
+    Args:
+        images: hardest of the data.negative_images sampled images kept per caption.
+        captions: hardest of the data.negative_captions sampled captions kept per image.
+        loss: "itm" (binary cross-entropy), "margin" (UNITER's hinge on probabilities) or
+            "softmax" (cross-entropy of the positive among its negatives).
+        margin: the hinge margin of loss "margin".
+        random_steps: the first steps keep randomly drawn negatives instead of the hardest: a
+            model whose ITM head does not rank yet has no useful notion of "hard", and mining
+            its noise can hold it at chance. 0 mines from the first step, as UNITER does.
+
+    Keeping as many as were sampled skips the extra no-gradient scoring pass.
+    """
+
+    images: int = 3
+    captions: int = 3
+    loss: str = "itm"
+    margin: float = 0.2
+    random_steps: int = 0
 
 
 class RetrievalModule(L.LightningModule):
