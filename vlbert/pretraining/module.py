@@ -60,7 +60,7 @@ def build_optimizer(
         groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": optimization.weight_decay, "lr": lr})
         groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr})
     optimizer = torch.optim.AdamW(
-        groups, lr=optimization.lr, betas=tuple(optimization.betas), eps=optimization.eps, fused=module.device.type == "cuda"
+        groups, lr=optimization.lr, betas=tuple(optimization.betas), eps=optimization.eps, fused=module.device.type in ("cuda", "cpu")
     )
     total = max(int(module.trainer.estimated_stepping_batches), 1)
     warmup = int(optimization.warmup * total) if optimization.warmup < 1 else int(optimization.warmup)
