@@ -60,7 +60,12 @@ def build_optimizer(
         groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": optimization.weight_decay, "lr": lr})
         groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr})
     optimizer = torch.optim.AdamW(
-        groups, lr=optimization.lr, betas=tuple(optimization.betas), eps=optimization.eps, fused=module.device.type in ("cuda", "cpu")
+        groups, lr=optimization.lr, betas=tuple(optimization.betas), eps=optimization.eps,
+        # Fused (one kernel per step) where torch has it, except under Lightning's mixed precision
+        # with gradient clipping, which refuses optimizers that unscale gradients themselves.
+        fused=module.device.type in ("cuda", "cpu") and not (
+            str(getattr(module.trainer, "precision", "")).endswith("-mixed") and (getattr(module.trainer, "gradient_clip_val", 0) or 0) > 0
+        ),
     )
     total = max(int(module.trainer.estimated_stepping_batches), 1)
     warmup = int(optimization.warmup * total) if optimization.warmup < 1 else int(optimization.warmup)
