@@ -137,3 +137,147 @@ def test_per_example_attention_matches_padded_sdpa():
     per_example = packed_attention(qkv, packing.lengths, attention.num_heads, 0.0)
     padded = packing.pack(attention.padded_attention(packing.unpack(qkv), mask, 0.0))
     torch.testing.assert_close(per_example, padded, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- input pipeline
+
+import os  # noqa: E402
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from vlbert.data.collate import collate_inputs, pad_stack  # noqa: E402
+from vlbert.featstore import FeatureStore, FeatureWriter, RegionRecord  # noqa: E402
+
+
+def write_store(path, dtype="float16", num_classes=0, labels=False, count=6, seed=0, **writer):
+    rng = np.random.default_rng(seed)
+    records = []
+    with FeatureWriter(path, 16, num_classes, dtype=dtype, **writer) as w:
+        for i in range(count):
+            n = int(rng.integers(1, 9))
+            probs = rng.dirichlet(np.ones(num_classes), n).astype(np.float32) if num_classes else None
+            record = RegionRecord(
+                f"img/{i}", rng.standard_normal((n, 16)).astype(np.float32), rng.uniform(0, 50, (n, 4)).astype(np.float32),
+                60 + i, 40 + i, probs, rng.integers(0, 5, n) if labels else None,
+            )
+            w.add(record)
+            records.append(record)
+    return records
+
+
+def reference(path, image_id):
+    """The record as plain h5py reads it."""
+    with h5py.File(path, "r") as f:
+        g = f["images"][image_id.replace("%", "%25").replace("/", "%2F")]
+        return {name: g[name][()] for name in ("features", "boxes", "class_probs", "labels") if name in g} | {
+            "size": (int(g.attrs["image_w"]), int(g.attrs["image_h"]))
+        }
+
+
+def assert_same(record, expected):
+    assert (record.image_w, record.image_h) == expected["size"]
+    for name in ("features", "boxes", "class_probs", "labels"):
+        got = getattr(record, name)
+        if name not in expected:
+            assert got is None, name
+        else:
+            assert got.dtype == expected[name].dtype and np.array_equal(got, expected[name]), name
+
+
+@pytest.mark.parametrize("dtype,num_classes,labels", [("float16", 0, False), ("float32", 5, True), ("float16", 5, False)])
+def test_feature_store_raw_reads_equal_h5py_reads(tmp_path, dtype, num_classes, labels):
+    path = tmp_path / "f.h5"
+    records = write_store(path, dtype, num_classes, labels)
+    store = FeatureStore(path)
+    for _ in range(3):  # first read (probe) and later raw reads
+        for r in records:
+            assert_same(store[r.image_id], reference(path, r.image_id))
+            assert store.num_boxes(r.image_id) == r.num_boxes
+    assert (store._state == 1).all()  # every image is read raw
+    # the arrays are the caller's: changing one changes no later read
+    first = store[records[0].image_id]
+    first.features[:] = 7
+    assert_same(store[records[0].image_id], reference(path, records[0].image_id))
+
+
+def test_feature_store_reads_chunked_and_compressed_arrays_through_h5py(tmp_path):
+    path = tmp_path / "f.h5"
+    records = write_store(path, "float16", 5, True)
+    with h5py.File(path, "r+") as f:  # rewrite one image's features compressed, another's boxes chunked
+        for key, kwargs in (("img%2F1", {"compression": "gzip"}), ("img%2F2", {"chunks": True})):
+            name = "features" if "compression" in kwargs else "boxes"
+            data = f["images"][key][name][()]
+            del f["images"][key][name]
+            f["images"][key].create_dataset(name, data=data, **kwargs)
+    store = FeatureStore(path)
+    for r in records:
+        assert_same(store[r.image_id], reference(path, r.image_id))
+    assert store._state.tolist() == [1, 2, 2, 1, 1, 1]
+
+
+def test_feature_store_with_a_user_block_reads_the_right_bytes(tmp_path):
+    """Raw offsets are checked against h5py once per file; a file whose bytes are not where they
+    are expected falls back to h5py. A user block shifts every address in the file."""
+    plain = tmp_path / "plain.h5"
+    records = write_store(plain)
+    shifted = tmp_path / "shifted.h5"
+    with h5py.File(plain, "r") as src, h5py.File(shifted, "w", userblock_size=512) as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        src.copy(src["images"], dst, "images")
+    store = FeatureStore(shifted)
+    for r in records:
+        assert_same(store[r.image_id], reference(shifted, r.image_id))
+    assert store._raw_ok == {0: True}  # HDF5 reports addresses from the file's start, user block included
+
+
+def test_forked_loader_workers_share_the_layout_and_batches_pad_with_zeros(tmp_path):
+    """Batches built in DataLoader workers (shared memory, zero padding not written) equal batches
+    built in this process; what a worker learns about the file is seen by the others."""
+    path = tmp_path / "f.h5"
+    records = write_store(path, count=12)
+    store = FeatureStore(path)
+
+    class Examples(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(records)
+
+        def __getitem__(self, i):
+            r = store[records[i].image_id]
+            return {"input_ids": np.arange(1 + i % 5), "region_features": r.features,
+                    "region_locations": np.ones((r.num_boxes, 7), np.float32)}
+
+    collate = collate_inputs
+    loader = torch.utils.data.DataLoader(Examples(), batch_size=4, num_workers=2, collate_fn=collate,
+                                         multiprocessing_context="fork")
+    batches = list(loader)
+    assert (store._state == 1).all()  # noted by the workers, seen here (this process has read nothing)
+    dataset = Examples()
+    for index, batch in enumerate(batches):
+        expected = collate([dataset[i] for i in range(index * 4, index * 4 + 4)])
+        for key in expected:
+            assert batch[key].dtype == expected[key].dtype and torch.equal(batch[key], expected[key]), key
+        assert batch["region_features"].is_shared()
+    assert batch["region_features"].dtype == torch.float16  # as stored
+
+
+def test_pad_stack_pads_with_the_value_and_keeps_dtypes():
+    arrays = [np.array([1, 2, 3]), np.array([4])]
+    assert pad_stack(arrays, -100).tolist() == [[1, 2, 3], [4, -100, -100]]
+    assert pad_stack(arrays, 0, torch.bfloat16).dtype == torch.bfloat16
+    halves = [np.ones((2, 3), np.float16), np.ones((1, 3), np.float16)]
+    out = pad_stack(halves)
+    assert out.dtype == torch.float16 and out[1, 1].tolist() == [0, 0, 0]
+
+
+def test_feature_store_falls_back_to_h5py_when_raw_bytes_disagree(tmp_path, monkeypatch):
+    path = tmp_path / "f.h5"
+    records = write_store(path)
+    store = FeatureStore(path)
+    find = store._find_layout
+    monkeypatch.setattr(store, "_find_layout", lambda *a: (lambda o, c, s: ([x + 2 if x >= 0 else x for x in o], c, s))(*find(*a)))
+    for r in records:
+        assert_same(store[r.image_id], reference(path, r.image_id))
+    assert store._raw_ok == {0: False} and (store._state == 2).all()

@@ -15,11 +15,19 @@ Layout (schema version 1)::
 Each image's arrays are stored contiguously, so a random read by image id is one seek
 per array. A file is always written to ``<path>.tmp`` and renamed into place on close,
 so a half-written file never carries the final name.
+
+Reading: the first read of an image in a process goes through h5py and notes where each of its
+(contiguous, unfiltered) arrays lies in the file; later reads of that image are plain positioned
+reads of those bytes (`os.preadv`), without h5py's per-object lookups, which cost several times
+the read itself for records of this size. Arrays h5py does not store contiguously (chunked,
+compressed, compact, external) are always read through h5py.
 """
 from __future__ import annotations
 
 import json
+import mmap
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -201,11 +209,41 @@ def read_header(path: str | os.PathLike) -> dict:
         }
 
 
+# A record's arrays, in the order of the per-image layout columns, and the dtypes read as raw bytes.
+_ARRAYS = ("features", "boxes", "class_probs", "labels")
+_RAW_DTYPES = tuple(np.dtype(t) for t in ("<f2", "<f4", "<f8", "<i8", "<i4"))
+_RAW_READS = hasattr(os, "preadv") and sys.byteorder == "little"
+
+
+def _layout_arrays(count: int) -> tuple[np.ndarray, ...]:
+    """Where each image's arrays lie, one row per image, filled on the image's first read:
+    offsets [count, 4] int64, byte offset of features, boxes, class_probs, labels;
+    sizes [count, 3] int64, num_boxes, image_w, image_h;
+    codes [count, 4] int8, dtype of each array (index into _RAW_DTYPES), -2 absent;
+    state [count] int8, how the image is read: 0 not known yet, 1 raw reads, 2 h5py.
+    Every field starts at a value it never takes once filled (-1, 0, -1, 0). The arrays live in
+    one anonymous shared mapping, so DataLoader workers forked from this process share what any
+    of them notes (each int64 / int8 is written whole; a reader that sees a starting value in a
+    row whose state is 1 probes the image itself). Pickled (spawned workers), they are copies."""
+    widths = (count * len(_ARRAYS) * 8, count * 3 * 8, count * len(_ARRAYS), count)
+    memory = mmap.mmap(-1, max(sum(widths), 1))
+    arrays, start = [], 0
+    for width, dtype, shape, initial in zip(
+        widths, (np.int64, np.int64, np.int8, np.int8), ((count, len(_ARRAYS)), (count, 3), (count, len(_ARRAYS)), (count,)), (-1, 0, -1, 0)
+    ):
+        array = np.frombuffer(memory, dtype, int(np.prod(shape)), start).reshape(shape)
+        array[...] = initial
+        arrays.append(array)
+        start += width
+    return tuple(arrays)
+
+
 class FeatureStore:
     """Random access to region features by image id across one or more files (shards).
 
-    The index of ids is built once at construction; h5py handles are opened lazily in
-    each process (handles must not cross a DataLoader worker fork).
+    The index of ids is built once at construction; file handles are opened lazily in each
+    process (handles must not cross a DataLoader worker fork). Where each image's arrays lie in
+    its file is noted on the image's first read in a process (see the module docstring).
     """
 
     def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
@@ -222,13 +260,18 @@ class FeatureStore:
         self.feature_dim: int = first["feature_dim"]
         self.num_classes: int = first["num_classes"]
         self.provenance: dict = first["provenance"]
-        self._location: dict[str, tuple[int, str]] = {}
+        self._location: dict[str, tuple[int, str, int]] = {}  # image id -> (file index, group key, row)
         for file_index, p in enumerate(self.paths):
             with h5py.File(p, "r") as f:
                 for key, group in f["images"].items():
                     image_id = str(group.attrs.get("image_id", key))
-                    self._location.setdefault(image_id, (file_index, key))
+                    if image_id not in self._location:
+                        self._location[image_id] = (file_index, key, len(self._location))
+        self._offsets, self._sizes, self._codes, self._state = _layout_arrays(len(self._location))
+        self._raw_ok: dict[int, bool] = {}  # per file: did a raw read match h5py's read of the same record
         self._handles: dict[int, h5py.File] = {}
+        self._groups: dict[int, h5py.Group] = {}
+        self._fds: dict[int, int] = {}
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -246,38 +289,155 @@ class FeatureStore:
         record = self[next(iter(self._location))] if self._location else None
         return record is not None and record.class_probs is not None
 
-    def _file(self, index: int) -> h5py.File:
+    def _same_process(self) -> None:
         if os.getpid() != self._pid:  # forked into a DataLoader worker: never reuse the parent's handles
-            self._handles = {}
+            self._handles, self._groups, self._fds = {}, {}, {}
             self._pid = os.getpid()
+
+    def _file(self, index: int) -> h5py.File:
+        self._same_process()
         handle = self._handles.get(index)
         if handle is None:
             handle = h5py.File(self.paths[index], "r")
             self._handles[index] = handle
         return handle
 
-    def __getitem__(self, image_id: str | int) -> RegionRecord:
-        image_id = str(image_id)
+    def _images(self, index: int) -> h5py.Group:
+        """The /images group of file `index`, looked up once per process."""
+        handle = self._file(index)
+        group = self._groups.get(index)
+        if group is None:
+            group = self._groups[index] = handle["images"]
+        return group
+
+    def _fd(self, index: int) -> int:
+        self._same_process()
+        fd = self._fds.get(index)
+        if fd is None:
+            fd = self._fds[index] = os.open(self.paths[index], os.O_RDONLY)
+        return fd
+
+    def _where(self, image_id: str) -> tuple[int, str, int]:
         try:
-            file_index, key = self._location[image_id]
+            return self._location[image_id]
         except KeyError:
             raise FeatureStoreError(
                 f"image id {image_id!r} is not in the feature store {[str(p) for p in self.paths]}"
             ) from None
-        group = self._file(file_index)["images"][key]
+
+    def __getitem__(self, image_id: str | int) -> RegionRecord:
+        """One image's record, arrays as stored (features float16 or float32, boxes float32, class
+        distributions float16). The arrays are new on every call: the caller may modify them."""
+        image_id = str(image_id)
+        file_index, key, row = self._where(image_id)
+        layout = self._layout(image_id, file_index, key, row)
+        if layout is not None:
+            return self._read_raw(image_id, file_index, layout)
+        return self._read_h5py(image_id, file_index, key)
+
+    def _layout(self, image_id: str, file_index: int, key: str, row: int) -> tuple | None:
+        """(offsets, codes, sizes) of a raw-readable image, probing it on first use; None: read with h5py."""
+        for attempt in range(2):
+            if attempt or self._state[row] == 0:
+                self._probe(image_id, file_index, key, row)
+            if self._state[row] != 1:
+                return None
+            offsets, codes, sizes = self._offsets[row].tolist(), self._codes[row].tolist(), self._sizes[row].tolist()
+            if -1 not in codes and min(sizes) > 0 and all(o >= 0 for o, c in zip(offsets, codes) if c >= 0):
+                return offsets, codes, sizes
+            # else another process is still writing this row: probe here (it writes the same values)
+        return None
+
+    def _read_h5py(self, image_id: str, file_index: int, key: str) -> RegionRecord:
+        group = self._images(file_index)[key]
         return RegionRecord(
             image_id=image_id,
-            features=group["features"][()].astype(np.float32, copy=False),
+            features=group["features"][()],
             boxes=group["boxes"][()],
             image_w=int(group.attrs["image_w"]),
             image_h=int(group.attrs["image_h"]),
-            class_probs=group["class_probs"][()].astype(np.float32) if "class_probs" in group else None,
+            class_probs=group["class_probs"][()] if "class_probs" in group else None,
             labels=group["labels"][()] if "labels" in group else None,
         )
 
+    def _probe(self, image_id: str, file_index: int, key: str, row: int) -> None:
+        """Note where image `row`'s arrays lie in its file (h5py's low-level calls: a few HDF5
+        object-header reads), and whether all of them can be read as raw bytes (state 1) or not (2)."""
+        layout = self._find_layout(file_index, key) if _RAW_READS and self._raw_ok.get(file_index) is not False else None
+        if layout is None:
+            self._state[row] = 2
+            return
+        offsets, codes, sizes = layout
+        if file_index not in self._raw_ok:  # once per file: raw bytes must equal what h5py reads
+            raw, record = self._read_raw(image_id, file_index, layout), self._read_h5py(image_id, file_index, key)
+            self._raw_ok[file_index] = (raw.image_w, raw.image_h) == (record.image_w, record.image_h) and all(
+                (a is None and b is None) or (a is not None and b is not None and a.dtype == b.dtype and a.tobytes() == b.tobytes())
+                for a, b in zip(
+                    (raw.features, raw.boxes, raw.class_probs, raw.labels),
+                    (record.features, record.boxes, record.class_probs, record.labels),
+                )
+            )
+            if not self._raw_ok[file_index]:
+                self._state[row] = 2
+                return
+        self._offsets[row], self._codes[row], self._sizes[row] = offsets, codes, sizes
+        self._state[row] = 1
+
+    def _find_layout(self, file_index: int, key: str) -> tuple | None:
+        """(offsets, codes, sizes) of an image whose arrays are all contiguous, unfiltered and of a
+        raw-readable dtype and shape; None otherwise (or when something is missing: h5py then raises)."""
+        group = h5py.h5g.open(self._images(file_index).id, key.encode())
+        offsets, codes, n = [], [], None
+        for column, name in enumerate(_ARRAYS):
+            if not group.links.exists(name.encode()):
+                if column < 2:  # features and boxes are required
+                    return None
+                offsets.append(-1)
+                codes.append(-2)
+                continue
+            dataset = h5py.h5d.open(group, name.encode())
+            offset, dtype, shape = dataset.get_offset(), dataset.dtype, dataset.shape  # offset: None unless contiguous, unfiltered, allocated
+            n = shape[0] if n is None else n
+            expected = ((n, self.feature_dim), (n, 4), (n, self.num_classes), (n,))[column]
+            if offset is None or dtype not in _RAW_DTYPES or shape != expected or n <= 0:
+                return None
+            offsets.append(offset)
+            codes.append(_RAW_DTYPES.index(dtype))
+        sizes = [n]
+        for name in (b"image_w", b"image_h"):
+            if not h5py.h5a.exists(group, name):
+                return None
+            attribute = h5py.h5a.open(group, name)
+            value = np.empty(attribute.shape, attribute.dtype)
+            attribute.read(value)
+            if value.size != 1 or value.dtype.kind not in "iuf" or int(value.reshape(-1)[0]) <= 0:
+                return None
+            sizes.append(int(value.reshape(-1)[0]))
+        return offsets, codes, sizes
+
+    def _read_raw(self, image_id: str, file_index: int, layout: tuple) -> RegionRecord:
+        fd = self._fd(file_index)
+        offsets, codes, (n, image_w, image_h) = layout
+        arrays = []
+        for offset, code, trailing in zip(offsets, codes, ((self.feature_dim,), (4,), (self.num_classes,), ())):
+            if code < 0:
+                arrays.append(None)
+                continue
+            out = np.empty((n, *trailing), _RAW_DTYPES[code])
+            if os.preadv(fd, [out], offset) != out.nbytes:
+                raise FeatureStoreError(
+                    f"short read of image {image_id!r} from {self.paths[file_index]}: was the file changed while in use?"
+                )
+            arrays.append(out)
+        return RegionRecord(image_id, arrays[0], arrays[1], image_w, image_h, arrays[2], arrays[3])
+
     def num_boxes(self, image_id: str | int) -> int:
-        file_index, key = self._location[str(image_id)]
-        return int(self._file(file_index)["images"][key].attrs["num_boxes"])
+        image_id = str(image_id)
+        file_index, key, row = self._where(image_id)
+        layout = self._layout(image_id, file_index, key, row)
+        if layout is not None:
+            return layout[2][0]
+        return int(self._images(file_index)[key].attrs["num_boxes"])
 
     def check_ids(self, needed: Iterable[str | int], what: str = "the annotations") -> None:
         """Fail before training when ids that `what` need are missing, listing them."""
@@ -298,11 +458,14 @@ class FeatureStore:
             )
 
     def close(self) -> None:
-        for handle in self._handles.values():
-            handle.close()
-        self._handles = {}
+        if os.getpid() == self._pid:
+            for handle in self._handles.values():
+                handle.close()
+            for fd in self._fds.values():
+                os.close(fd)
+        self._handles, self._groups, self._fds = {}, {}, {}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_handles"] = {}  # pickled into spawned workers without open handles
+        state["_handles"], state["_groups"], state["_fds"] = {}, {}, {}  # pickled into spawned workers without open handles
         return state

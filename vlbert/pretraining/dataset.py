@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vlbert.data.annotations import CaptionPair
-from vlbert.data.collate import collate_inputs, pad_stack
+from vlbert.data.collate import cat_rows, collate_inputs, fresh_memory_is_zeroed, pad_stack, torch_dtype
 from vlbert.data.regions import box_locations
 from vlbert.featstore import FeatureStore
 from vlbert.pretraining.masking import IGNORE_INDEX, mask_regions, mask_tokens
@@ -87,15 +87,24 @@ class PretrainDataset(Dataset):
             input_ids, mlm_labels = mask_tokens(
                 input_ids, rng, self.mask_token_id, self.vocab_size, self.special_ids, objectives.text_mask_prob
             )
-        region_masked = mask_regions(len(features), rng, objectives.region_mask_prob) if mask_image else np.zeros(len(features), bool)
+        if mask_image:
+            region_masked = mask_regions(len(features), rng, objectives.region_mask_prob)
+            region_targets = features[region_masked]  # a copy, taken before the masked rows are zeroed
+            if not features.flags.writeable:
+                features = features.copy()
+            features[region_masked] = 0  # in place: the store's arrays are new on every read
+        else:
+            region_masked = np.zeros(len(features), bool)
+            region_targets = features[:0]
         example = {
             "task": task,
             "input_ids": input_ids,
             "mlm_labels": mlm_labels,
-            "region_features": np.where(region_masked[:, None], 0.0, features).astype(np.float32),
+            # As stored (float16 from extraction): the model casts them on its device.
+            "region_features": features,
             "region_locations": locations,
             "region_masked": region_masked,
-            "region_targets": features[region_masked],
+            "region_targets": region_targets,
             "itm_label": itm_label,
         }
         labels = record.top_labels()
@@ -113,15 +122,27 @@ class PretrainDataset(Dataset):
 
 
 def collate_pretrain(examples: list[dict], pad_token_id: int = 0) -> dict:
-    """Pad a list of examples into a batch; masked-region targets are concatenated [M, ...]."""
-    batch = collate_inputs(examples, pad_token_id)
-    batch["mlm_labels"] = pad_stack([e["mlm_labels"] for e in examples], IGNORE_INDEX, torch.long)
-    batch["region_masked"] = pad_stack([e["region_masked"] for e in examples], False, torch.bool)
-    batch["region_targets"] = torch.from_numpy(np.concatenate([e["region_targets"] for e in examples])).float()
-    batch["itm_labels"] = torch.tensor([e["itm_label"] for e in examples], dtype=torch.long)
+    """Pad a list of examples into a batch; masked-region targets are concatenated [M, ...].
+    Region targets and class distributions keep their stored dtype (float16): the losses compute
+    in float32."""
+    batch_size = len(examples)
+    text_len = max(len(e["mlm_labels"]) for e in examples)
+    regions = max(len(e["region_masked"]) for e in examples)
+    cat = {"region_targets": [e["region_targets"] for e in examples]}
     for key in ("region_labels", "region_probs"):
         if all(key in e for e in examples):
-            batch[key] = torch.from_numpy(np.concatenate([e[key] for e in examples]))
+            cat[key] = [e[key] for e in examples]
+    batch = collate_inputs(examples, pad_token_id, extra={
+        "mlm_labels": ((batch_size, text_len), torch.long),
+        "region_masked": ((batch_size, regions), torch.bool),
+        "itm_labels": ((batch_size,), torch.long),
+        **{key: ((sum(len(a) for a in arrays), *arrays[0].shape[1:]), torch_dtype(arrays[0])) for key, arrays in cat.items()},
+    })
+    pad_stack([e["mlm_labels"] for e in examples], IGNORE_INDEX, out=batch["mlm_labels"])
+    pad_stack([e["region_masked"] for e in examples], False, out=batch["region_masked"], out_zeroed=fresh_memory_is_zeroed())
+    batch["itm_labels"].numpy()[:] = [e["itm_label"] for e in examples]
+    for key, arrays in cat.items():
+        cat_rows(arrays, out=batch[key])
     tasks = {e["task"] for e in examples}
     batch["task"] = tasks.pop() if len(tasks) == 1 else "mix"
     return batch
