@@ -281,3 +281,28 @@ def test_feature_store_falls_back_to_h5py_when_raw_bytes_disagree(tmp_path, monk
     for r in records:
         assert_same(store[r.image_id], reference(path, r.image_id))
     assert store._raw_ok == {0: False} and (store._state == 2).all()
+
+
+@pytest.mark.parametrize("max_regions", [100, 3])
+def test_batched_fetch_builds_the_same_examples_and_batch(tiny_world, tiny_tokenizer, max_regions):
+    """PretrainDataset.__getitems__ (features read straight into the batch) gives the examples and
+    the batch that dataset[key] one by one and collate_pretrain give."""
+    from vlbert.data.annotations import load_pairs
+    from vlbert.pretraining.dataset import PretrainDataset, collate_pretrain
+    from vlbert.pretraining.objectives import Objectives
+
+    store = FeatureStore(tiny_world.features_path)
+    pairs = load_pairs(tiny_world.captions("train"))
+    dataset = PretrainDataset(pairs, store, tiny_tokenizer, Objectives(mixing="sum", mrc=1.0), max_regions=max_regions, seed=3)
+    keys = [(i, task, 1) for i, task in zip(range(12), ["mix"] * 8 + ["mrfr", "mlm", "itm", "mrc_kl"])]
+    batched = dataset.__getitems__(keys)
+    assert hasattr(batched, "region_features")  # the store reads this world's features raw
+    single = [dataset[key] for key in keys]
+    for a, b in zip(batched, single):
+        assert a.keys() == b.keys()
+        for name in a:
+            assert np.array_equal(a[name], b[name]) and np.asarray(a[name]).dtype == np.asarray(b[name]).dtype, name
+    x, y = collate_pretrain(batched, tiny_tokenizer.pad_token_id), collate_pretrain(single, tiny_tokenizer.pad_token_id)
+    assert x["region_features"].data_ptr() == batched.region_features.data_ptr()  # used as it is
+    for name in y:
+        assert (x[name] == y[name]) if isinstance(y[name], str) else torch.equal(x[name], y[name]), name

@@ -415,7 +415,26 @@ class FeatureStore:
             sizes.append(int(value.reshape(-1)[0]))
         return offsets, codes, sizes
 
-    def _read_raw(self, image_id: str, file_index: int, layout: tuple) -> RegionRecord:
+    def raw_features(self, image_id: str | int) -> tuple[int, np.dtype] | None:
+        """(num_boxes, features dtype) of an image whose arrays are read as raw bytes, which
+        `read_into` can then read; None for an image read through h5py."""
+        image_id = str(image_id)
+        layout = self._layout(image_id, *self._where(image_id))
+        return None if layout is None else (layout[2][0], _RAW_DTYPES[layout[1][0]])
+
+    def read_into(self, image_id: str | int, features: np.ndarray) -> RegionRecord:
+        """The image's record, with its first len(features) feature rows read straight from the
+        file into `features` (C-contiguous, the dtype `raw_features` gives), which becomes the
+        record's features: a batch can be filled without an intermediate copy."""
+        image_id = str(image_id)
+        file_index, key, row = self._where(image_id)
+        layout = self._layout(image_id, file_index, key, row)
+        if layout is None or features.dtype != _RAW_DTYPES[layout[1][0]] or not features.flags.c_contiguous \
+                or features.shape[1:] != (self.feature_dim,) or len(features) > layout[2][0]:
+            raise FeatureStoreError(f"image {image_id!r}: cannot read its features into an array {features.dtype} {features.shape}")
+        return self._read_raw(image_id, file_index, layout, features)
+
+    def _read_raw(self, image_id: str, file_index: int, layout: tuple, features: np.ndarray | None = None) -> RegionRecord:
         fd = self._fd(file_index)
         offsets, codes, (n, image_w, image_h) = layout
         arrays = []
@@ -423,7 +442,7 @@ class FeatureStore:
             if code < 0:
                 arrays.append(None)
                 continue
-            out = np.empty((n, *trailing), _RAW_DTYPES[code])
+            out = np.empty((n, *trailing), _RAW_DTYPES[code]) if features is None or arrays else features
             if os.preadv(fd, [out], offset) != out.nbytes:
                 raise FeatureStoreError(
                     f"short read of image {image_id!r} from {self.paths[file_index]}: was the file changed while in use?"

@@ -111,8 +111,19 @@ def length_mask(lengths: Sequence[int], out: torch.Tensor | None = None) -> torc
     return out
 
 
+def holds_rows(padded: torch.Tensor | None, arrays: Sequence[np.ndarray]) -> bool:
+    """Whether `padded` is `pad_stack(arrays)` already, each array being a view of its row."""
+    if padded is None or tuple(padded.shape) != padded_shape(arrays) or padded.dtype != torch_dtype(arrays[0]):
+        return False
+    start, row = padded.data_ptr(), padded.stride(0) * padded.element_size()
+    return all(a.shape[1:] == tuple(padded.shape[2:]) and a.ctypes.data == start + i * row and a.flags.c_contiguous for i, a in enumerate(arrays))
+
+
 def collate_inputs(
-    examples: Sequence[dict], pad_token_id: int = 0, extra: Mapping[str, Spec] | None = None
+    examples: Sequence[dict],
+    pad_token_id: int = 0,
+    extra: Mapping[str, Spec] | None = None,
+    region_features: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The model inputs of a list of examples with keys input_ids [T], region_features [R, D],
     region_locations [R, 7]: input_ids, text_mask, region_features, region_locations, region_mask.
@@ -120,16 +131,18 @@ def collate_inputs(
     its own on its device, which also halves what reaches the device.
 
     extra: more tensors of the batch (name: (shape, dtype)), allocated with the inputs and left
-    for the caller to fill."""
+    for the caller to fill. region_features: the examples' region features padded already (their
+    arrays being views of its rows), used as it is."""
     text = [e["input_ids"] for e in examples]
     features = [e["region_features"] for e in examples]
     locations = [e["region_locations"] for e in examples]
     batch_size, text_len = padded_shape(text)
     regions = padded_shape(features)[1]
+    filled = holds_rows(region_features, features)
     batch = new_tensors({
         "input_ids": ((batch_size, text_len), torch.long),
         "text_mask": ((batch_size, text_len), torch.bool),
-        "region_features": (padded_shape(features), torch_dtype(features[0])),
+        **({} if filled else {"region_features": (padded_shape(features), torch_dtype(features[0]))}),
         "region_locations": (padded_shape(locations), torch.float32),
         "region_mask": ((batch_size, regions), torch.bool),
         **(extra or {}),
@@ -137,7 +150,10 @@ def collate_inputs(
     zeroed = fresh_memory_is_zeroed()
     pad_stack(text, pad_token_id, out=batch["input_ids"], out_zeroed=zeroed)
     length_mask([len(t) for t in text], out=batch["text_mask"])
-    pad_stack(features, 0, out=batch["region_features"], out_zeroed=zeroed)
+    if filled:
+        batch["region_features"] = region_features
+    else:
+        pad_stack(features, 0, out=batch["region_features"], out_zeroed=zeroed)
     pad_stack(locations, 0, out=batch["region_locations"], out_zeroed=zeroed)
     length_mask([len(f) for f in features], out=batch["region_mask"])
     return batch

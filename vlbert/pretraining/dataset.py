@@ -5,6 +5,7 @@ so an example is the same whichever worker builds it and whether or not the run 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -12,13 +13,31 @@ import torch
 from torch.utils.data import Dataset
 
 from vlbert.data.annotations import CaptionPair
-from vlbert.data.collate import cat_rows, collate_inputs, fresh_memory_is_zeroed, pad_stack, torch_dtype
+from vlbert.data.collate import cat_rows, collate_inputs, fresh_memory_is_zeroed, new_tensors, pad_stack, torch_dtype
 from vlbert.data.regions import box_locations
-from vlbert.featstore import FeatureStore
+from vlbert.featstore import FeatureStore, RegionRecord
 from vlbert.pretraining.masking import IGNORE_INDEX, mask_regions, mask_tokens
 from vlbert.pretraining.objectives import REGION_TASKS, TASKS, Objectives
 
 TASK_CODES = {task: code for code, task in enumerate(TASKS + ("mix",))}
+
+
+@dataclass
+class _Plan:
+    index: int
+    task: str
+    rng: np.random.Generator
+    itm_label: int
+    mask_text: bool
+    mask_image: bool
+    image_id: str
+
+
+class BatchExamples(list):
+    """Examples of one batch whose region features are rows of `region_features` [B, R, D]
+    (padded with zeros), which collate_pretrain uses without copying."""
+
+    region_features: torch.Tensor
 
 
 class PretrainDataset(Dataset):
@@ -58,6 +77,32 @@ class PretrainDataset(Dataset):
         return [len(ids) for ids in self.input_ids]
 
     def __getitem__(self, key: tuple[int, str, int] | int) -> dict:
+        plan = self._plan(key)
+        return self._example(plan, self.store[plan.image_id])
+
+    def __getitems__(self, keys: Sequence[tuple[int, str, int] | int]) -> list[dict]:
+        """[dataset[key] for key in keys], with the batch's region features read from the file
+        straight into one padded tensor (in a DataLoader worker, shared memory) that
+        `collate_pretrain` takes as it is: one copy of the features instead of two. Images the
+        store reads through h5py take the one-by-one path."""
+        plans = [self._plan(key) for key in keys]
+        raw = [self.store.raw_features(plan.image_id) for plan in plans]
+        if not plans or None in raw or len({dtype for _, dtype in raw}) > 1:
+            return [self._example(plan, self.store[plan.image_id]) for plan in plans]
+        counts = [min(n, self.max_regions) for n, _ in raw]
+        shape = (len(plans), max(counts), self.store.feature_dim)
+        features = new_tensors({"region_features": (shape, torch_dtype(np.empty(0, raw[0][1])))})["region_features"]
+        rows = features.numpy()
+        examples = BatchExamples()
+        for i, (plan, count) in enumerate(zip(plans, counts)):
+            examples.append(self._example(plan, self.store.read_into(plan.image_id, rows[i, :count])))
+            if count < shape[1] and not fresh_memory_is_zeroed():
+                rows[i, count:] = 0
+        examples.region_features = features
+        return examples
+
+    def _plan(self, key: tuple[int, str, int] | int) -> "_Plan":
+        """The example's random choices up to which image it reads."""
         index, task, epoch = (key, "mix", 0) if isinstance(key, int) else key
         rng = np.random.default_rng([self.seed, epoch, index, TASK_CODES[task]])
         pair = self.pairs[index]
@@ -78,16 +123,20 @@ class PretrainDataset(Dataset):
                 itm_label = int(rng.random() >= objectives.itm_negative_prob)
             mask_text, mask_image = role == "text", role == "image"
         image_id = pair.image_id if itm_label != 0 else self._negative_image(pair.image_id, rng)
-        record = self.store[image_id]
+        return _Plan(index, task, rng, itm_label, mask_text, mask_image, image_id)
+
+    def _example(self, plan: "_Plan", record: RegionRecord) -> dict:
+        """The example, from its plan and its image's record (whose arrays it may modify)."""
+        index, task, rng, objectives = plan.index, plan.task, plan.rng, self.objectives
         features = record.features[: self.max_regions]
         locations = box_locations(record.boxes[: self.max_regions], record.image_w, record.image_h)
 
         input_ids, mlm_labels = self.input_ids[index], np.full(len(self.input_ids[index]), IGNORE_INDEX)
-        if mask_text:
+        if plan.mask_text:
             input_ids, mlm_labels = mask_tokens(
                 input_ids, rng, self.mask_token_id, self.vocab_size, self.special_ids, objectives.text_mask_prob
             )
-        if mask_image:
+        if plan.mask_image:
             region_masked = mask_regions(len(features), rng, objectives.region_mask_prob)
             region_targets = features[region_masked]  # a copy, taken before the masked rows are zeroed
             if not features.flags.writeable:
@@ -105,7 +154,7 @@ class PretrainDataset(Dataset):
             "region_locations": locations,
             "region_masked": region_masked,
             "region_targets": region_targets,
-            "itm_label": itm_label,
+            "itm_label": plan.itm_label,
         }
         labels = record.top_labels()
         if labels is not None:
@@ -132,7 +181,7 @@ def collate_pretrain(examples: list[dict], pad_token_id: int = 0) -> dict:
     for key in ("region_labels", "region_probs"):
         if all(key in e for e in examples):
             cat[key] = [e[key] for e in examples]
-    batch = collate_inputs(examples, pad_token_id, extra={
+    batch = collate_inputs(examples, pad_token_id, region_features=getattr(examples, "region_features", None), extra={
         "mlm_labels": ((batch_size, text_len), torch.long),
         "region_masked": ((batch_size, regions), torch.bool),
         "itm_labels": ((batch_size,), torch.long),
