@@ -16,11 +16,13 @@ Each image's arrays are stored contiguously, so a random read by image id is one
 per array. A file is always written to ``<path>.tmp`` and renamed into place on close,
 so a half-written file never carries the final name.
 
-Reading: the first read of an image in a process goes through h5py and notes where each of its
-(contiguous, unfiltered) arrays lies in the file; later reads of that image are plain positioned
-reads of those bytes (`os.preadv`), without h5py's per-object lookups, which cost several times
-the read itself for records of this size. Arrays h5py does not store contiguously (chunked,
-compressed, compact, external) are always read through h5py.
+Reading: the first read of an image notes, with h5py's low-level calls, where each of its
+(contiguous, unfiltered) arrays lies in the file; that and every later read of the image are
+plain positioned reads of those bytes (`os.preadv`), without h5py's per-object lookups, which
+cost several times the read itself for records of this size. What is noted is shared with the
+DataLoader workers forked from the process. Raw reads are checked once per file against h5py's
+read of the same record. Images whose arrays h5py does not store contiguously (chunked,
+compressed, compact, external) are always read through h5py. The file format is unchanged.
 """
 from __future__ import annotations
 
@@ -243,7 +245,7 @@ class FeatureStore:
 
     The index of ids is built once at construction; file handles are opened lazily in each
     process (handles must not cross a DataLoader worker fork). Where each image's arrays lie in
-    its file is noted on the image's first read in a process (see the module docstring).
+    its file is noted on the image's first read (see the module docstring).
     """
 
     def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
