@@ -63,6 +63,46 @@ def test_gradient_checkpointing_gives_same_outputs_and_grads():
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
+@pytest.mark.parametrize("style", ["uniter", "visualbert"])
+def test_masked_regions_take_the_learned_mask_vector(style):
+    """A region masked for MRM embeds as if its feature were the learned mask vector, whatever
+    its (zeroed) feature; unmasked regions are untouched."""
+    torch.manual_seed(0)
+    model = VLBertModel(tiny_config(region_embedding=style)).eval()
+    inputs = random_inputs(batch=2, regions=4)
+    masked = torch.zeros(2, 4, dtype=torch.bool)
+    masked[0, 1] = masked[1, 3] = True
+    zeroed = {**inputs, "region_features": inputs["region_features"].masked_fill(masked[..., None], 0.0)}
+    replaced = {**inputs, "region_features": torch.where(masked[..., None], model.region_embeddings.mask_embedding.detach(), inputs["region_features"])}
+    with torch.no_grad():
+        got = model(**zeroed, region_masked=masked).sequence_output
+        expected = model(**replaced).sequence_output
+        unmasked = model(**inputs).sequence_output
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, unmasked)
+
+
+def test_masked_regions_keep_region_gradients_finite_in_scale():
+    """Zeroed features alone project to the (zero-initialised) bias, whose LayerNorm has no
+    variance: gradients ~1e5 times larger on that bias (shared by every region), which wrecked
+    image-text matching in pretraining. With the mask vector they stay at the unmasked scale."""
+    torch.manual_seed(0)
+    inputs = random_inputs(batch=4, regions=6)
+    masked = torch.zeros(4, 6, dtype=torch.bool)
+    masked[:, :2] = True
+    zeroed = {**inputs, "region_features": inputs["region_features"].masked_fill(masked[..., None], 0.0)}
+    norms = {}
+    for case, kwargs in (("unmasked", inputs), ("zeroed", zeroed), ("mask vector", {**zeroed, "region_masked": masked})):
+        torch.manual_seed(1)
+        model = VLBertModel(tiny_config())
+        out = model(**kwargs).sequence_output[:, 7:][masked]
+        target = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        (out * target).sum().backward()  # a loss on the masked regions, as MRM has
+        norms[case] = model.region_embeddings.feature_proj.bias.grad.norm().item()
+    assert norms["zeroed"] > 1000 * norms["unmasked"]
+    assert norms["mask vector"] < 3 * norms["unmasked"]
+
+
 def test_wrong_feature_dimension_is_a_clear_error():
     model = VLBertModel(tiny_config())
     inputs = random_inputs(dim=48)

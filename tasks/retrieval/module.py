@@ -13,7 +13,7 @@ import torch
 
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.heads import ITMHead
-from vlbert.modeling.model import VLBertModel, init_weights
+from vlbert.modeling.model import OPTIONAL_ENCODER_KEYS, VLBertModel, init_weights
 from vlbert.modeling.pretrained import load_bert_into, load_pretrained, load_submodule_state, save_pretrained
 from vlbert.pretraining.module import Optimization, as_dataclass, build_optimizer
 
@@ -94,7 +94,7 @@ class RetrievalModule(L.LightningModule):
         if init_from:
             config, state = load_pretrained(init_from)
             self._build(config, dropout)
-            missing = load_submodule_state(self.vlbert, state, "vlbert.", strict=True)
+            missing = [k for k in load_submodule_state(self.vlbert, state, "vlbert.", strict=True) if k not in OPTIONAL_ENCODER_KEYS]
             if missing:
                 raise ValueError(f"{init_from} lacks encoder weights {missing[:10]}")
             if any(k.startswith("itm_head.") for k in state):
@@ -113,6 +113,9 @@ class RetrievalModule(L.LightningModule):
             log.info("initialised from BERT %s; new: %s", bert, report["missing"])
         else:
             self._build(model, dropout)
+        # fine-tuning masks no regions: the pretraining-only mask vector stays as loaded (and DDP
+        # sees no parameter without a gradient)
+        self.vlbert.region_embeddings.mask_embedding.requires_grad_(False)
         self.negatives = negatives
         self.optimization = optimization
         self.eval_pairs_per_batch = eval_pairs_per_batch

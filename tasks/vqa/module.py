@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from vlbert.modeling.config import VLBertConfig
-from vlbert.modeling.model import VLBertModel
+from vlbert.modeling.model import OPTIONAL_ENCODER_KEYS, VLBertModel
 from vlbert.modeling.pretrained import load_bert_into, load_pretrained, load_submodule_state
 from vlbert.pretraining.module import Optimization, as_dataclass, build_optimizer
 from vlbert.tasks.vqa.answers import AnswerVocab
@@ -67,7 +67,7 @@ class VQAModule(L.LightningModule):
         if init_from:
             config, state = load_pretrained(init_from)
             self.vlbert = VLBertModel(config)
-            missing = load_submodule_state(self.vlbert, state, "vlbert.", strict=True)
+            missing = [k for k in load_submodule_state(self.vlbert, state, "vlbert.", strict=True) if k not in OPTIONAL_ENCODER_KEYS]
             if missing:
                 raise ValueError(f"{init_from} lacks encoder weights {missing[:10]}")
         elif bert:
@@ -77,6 +77,9 @@ class VQAModule(L.LightningModule):
             log.info("text encoder from BERT %s; new: %s", bert, report["missing"])
         else:
             self.vlbert = VLBertModel(model)
+        # fine-tuning masks no regions: the pretraining-only mask vector stays as loaded (and DDP
+        # sees no parameter without a gradient)
+        self.vlbert.region_embeddings.mask_embedding.requires_grad_(False)
         self.config: VLBertConfig = self.vlbert.config
 
         vocab = (AnswerVocab(answers) if isinstance(answers, (list, tuple)) else AnswerVocab.load(answers)) if answers else None

@@ -16,7 +16,7 @@ from vlbert.convert.state import ConversionError, Converted
 from vlbert.convert.vqa_head import ConvertedVQAHead
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.heads import ITMHead, MLMHead, RegionClassHead, RegionFeatureHead
-from vlbert.modeling.model import VLBertModel
+from vlbert.modeling.model import OPTIONAL_ENCODER_KEYS, VLBertModel
 from vlbert.modeling.pretrained import save_pretrained
 
 HEADS = ("mlm_head", "itm_head", "mrfr_head", "mrc_head", "vqa_head")
@@ -83,13 +83,14 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], origin: dict
             problems.append(
                 f"{origin.get(key, key)} has shape {tuple(value.shape)} but vlbert {key} needs {tuple(own[key].shape)}"
             )
-    missing = [key for key in own if key not in state]
+    # the masked-region vector is pretraining-only: a source without one (VisualBERT) leaves it new
+    missing = [key for key in own if key not in state and key.removeprefix("vlbert.") not in OPTIONAL_ENCODER_KEYS]
     if problems or missing:
         raise ConversionError(
             f"{source} does not fit the configuration read from it (mismatched sizes?):\n  "
             + "\n  ".join(problems + [f"no source tensor for vlbert {key}" for key in missing])
         )
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)  # checked above
 
 
 def write_vlbert_directory(dst: str | os.PathLike, converted: Converted, tokenizer=None, answers=None) -> Path:

@@ -194,11 +194,9 @@ def uniter_to_vlbert(state: dict[str, torch.Tensor], config: VLBertConfig, sourc
     if head:
         report.vqa_head = {"style": "pooled_mlp", "num_answers": int(head["vqa_head.classifier.weight"].shape[0])}
     if source_state.has(PREFIX + MASK_EMBEDDING):
-        source_state.used.add(PREFIX + MASK_EMBEDDING)
-        report.unconverted[PREFIX + MASK_EMBEDDING] = (
-            "UNITER's learned input for masked regions during MRM pretraining; vlbert has no such parameter "
-            "(it does not affect the encoder's outputs on unmasked inputs)"
-        )
+        # UNITER's Embedding(2, D): row 0 (unmasked) is held at zero, row 1 is the masked-region input
+        out["vlbert.region_embeddings.mask_embedding"] = source_state.take(PREFIX + MASK_EMBEDDING)[1].clone()
+        origin["vlbert.region_embeddings.mask_embedding"] = PREFIX + MASK_EMBEDDING  # its row 1
     report.unconverted.update({key: "unknown key" for key in source_state.leftover()})
     report.skipped = dict(source_state.skipped)
     report.converted = dict(origin)

@@ -38,6 +38,12 @@ class RegionEmbeddings(nn.Module):
     "uniter": LN(W_f f) + LN(W_l loc) + text type embedding 1, LayerNorm, dropout.
     "visualbert": W_f f + visual type embedding 1 + visual position embedding 0, then the text
     LayerNorm (VisualBERT normalises the concatenated sequence with a single LayerNorm).
+
+    Regions masked for masked-region modelling (their features zeroed) take a learned feature
+    vector instead, as UNITER's mask embedding does: an all-zero feature projects to the bias
+    alone, whose LayerNorm has near-zero variance and so near-infinite gradients (measured:
+    ~1e5 on the projection bias of a tiny model), which drive the bias, shared by every region,
+    until all regions embed alike and image-text matching cannot see the image.
     """
 
     def __init__(self, config: VLBertConfig) -> None:
@@ -54,9 +60,21 @@ class RegionEmbeddings(nn.Module):
             self.type_embeddings = nn.Embedding(config.type_vocab_size, hidden)
             self.position_embeddings = nn.Embedding(config.max_position_embeddings, hidden)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # unit scale per dimension, like a real feature, so a masked region's projection has the
+        # same variance (and LayerNorm gradient scale) as an unmasked one's
+        self.mask_embedding = nn.Parameter(torch.randn(config.region_feature_dim))
 
-    def forward(self, features: torch.Tensor, locations: torch.Tensor | None, text: TextEmbeddings) -> torch.Tensor:
-        """features [B, R, D], locations [B, R, 7] -> [B, R, H]; `text` lends its shared parameters."""
+    def forward(
+        self,
+        features: torch.Tensor,
+        locations: torch.Tensor | None,
+        text: TextEmbeddings,
+        masked: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """features [B, R, D], locations [B, R, 7], masked [B, R] (True: masked for MRM) -> [B, R, H];
+        `text` lends its shared parameters."""
+        if masked is not None:
+            features = torch.where(masked[..., None], self.mask_embedding.to(features.dtype), features)
         if self.style == "uniter":
             embeddings = self.feature_norm(self.feature_proj(features))
             if self.location_proj is not None:

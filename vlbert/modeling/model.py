@@ -15,6 +15,10 @@ from vlbert.modeling.pretrained import load_pretrained, load_submodule_state, sa
 
 log = logging.getLogger(__name__)
 
+# Encoder weights a model directory may lack: the masked-region vector is used only in
+# pretraining, and checkpoints converted from models without one (VisualBERT) start it new.
+OPTIONAL_ENCODER_KEYS = ("region_embeddings.mask_embedding",)
+
 
 @dataclass
 class VLBertOutput:
@@ -57,6 +61,7 @@ class VLBertModel(nn.Module):
         region_locations: torch.Tensor | None,
         region_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        region_masked: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The embedded sequence [B, T + R, H] and the SDPA key mask [B, 1, 1, T + R] (None when nothing is padded)."""
         if region_features.shape[-1] != self.config.region_feature_dim:
@@ -65,7 +70,7 @@ class VLBertModel(nn.Module):
                 f"region_feature_dim={self.config.region_feature_dim}"
             )
         text = self.text_embeddings(input_ids, token_type_ids)
-        regions = self.region_embeddings(region_features.to(text.dtype), region_locations, self.text_embeddings)
+        regions = self.region_embeddings(region_features.to(text.dtype), region_locations, self.text_embeddings, region_masked)
         hidden = torch.cat([text, regions], dim=1)
         mask = torch.cat([text_mask, region_mask], dim=1).bool()
         # An all-valid mask is dropped so SDPA may take its fastest unmasked kernel.
@@ -80,11 +85,13 @@ class VLBertModel(nn.Module):
         region_locations: torch.Tensor | None,
         region_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        region_masked: torch.Tensor | None = None,
     ) -> VLBertOutput:
         """input_ids/text_mask [B, T]; region_features [B, R, D]; region_locations [B, R, 7];
-        region_mask [B, R]. Masks are True where there is a real token / region."""
+        region_mask [B, R]. Masks are True where there is a real token / region; region_masked
+        [B, R] is True where a region is masked for masked-region modelling."""
         hidden, attention_mask = self.embed(
-            input_ids, text_mask, region_features, region_locations, region_mask, token_type_ids
+            input_ids, text_mask, region_features, region_locations, region_mask, token_type_ids, region_masked
         )
         sequence_output = self.encoder(hidden, attention_mask)
         return VLBertOutput(sequence_output, self.pooler(sequence_output))
@@ -94,7 +101,7 @@ class VLBertModel(nn.Module):
         """The encoder of a model directory (its "vlbert.*" weights); heads are ignored."""
         config, state = load_pretrained(directory)
         model = cls(config)
-        missing = load_submodule_state(model, state, "vlbert.", strict=True)
+        missing = [k for k in load_submodule_state(model, state, "vlbert.", strict=True) if k not in OPTIONAL_ENCODER_KEYS]
         if missing:
             raise ValueError(f"{directory} lacks encoder weights {missing[:10]}")
         return model
@@ -128,7 +135,7 @@ class VLBertForPretraining(nn.Module):
         other heads (a task's) are left out. Both are logged."""
         config, state = load_pretrained(directory)
         model = cls(config)
-        missing = load_submodule_state(model.vlbert, state, "vlbert.", strict=True)
+        missing = [k for k in load_submodule_state(model.vlbert, state, "vlbert.", strict=True) if k not in OPTIONAL_ENCODER_KEYS]
         if missing:
             raise ValueError(f"{directory} lacks encoder weights {missing[:10]}")
         new_heads = []

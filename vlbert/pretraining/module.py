@@ -151,8 +151,10 @@ class PretrainModule(L.LightningModule):
     def compute(self, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         """Loss (and accuracy where it has one) of every objective the batch carries."""
         task, weights = batch["task"], self.objectives.weights()
+        masked = batch["region_masked"]
         output = self.net.vlbert(
-            batch["input_ids"], batch["text_mask"], batch["region_features"], batch["region_locations"], batch["region_mask"]
+            batch["input_ids"], batch["text_mask"], batch["region_features"], batch["region_locations"], batch["region_mask"],
+            region_masked=masked if bool(masked.any()) else None,
         )
         text_length = batch["input_ids"].shape[1]
         results: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -191,10 +193,11 @@ class PretrainModule(L.LightningModule):
             loss = sum(loss for loss, _ in results.values())  # one task per batch: its plain loss
         else:
             loss = sum(weights[name] * loss for name, (loss, _) in results.items())
-        # One task per step leaves the other heads without gradients; DDP (without
+        # One task per step leaves the other heads (and the masked-region vector) without gradients; DDP (without
         # find_unused_parameters) needs every parameter in the graph, so they join with weight 0.
         idle = [m for m in (self.net.mlm_head, self.net.mrfr_head, self.net.mrc_head, self.net.itm_head, self.net.vlbert.pooler) if m is not None]
-        loss = loss + sum(p.sum() for m in idle for p in m.parameters()) * 0.0
+        idle_params = [p for m in idle for p in m.parameters()] + [self.net.vlbert.region_embeddings.mask_embedding]
+        loss = loss + sum(p.sum() for p in idle_params) * 0.0
         self._log_results("train", results, len(batch["input_ids"]))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
