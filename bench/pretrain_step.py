@@ -117,6 +117,7 @@ def train_flops(config: VLBertConfig, batch: dict) -> int:
     flops += linear_train_flops(text_targets, h, h) + linear_train_flops(text_targets, h, config.vocab_size)
     region_targets = int(batch["region_masked"].sum())
     if region_targets:
+        flops += linear_train_flops(1, config.region_feature_dim, h)  # the learned mask vector, projected once
         if "mrfr" in batch.get("objectives", ()):
             flops += linear_train_flops(region_targets, h, h) + linear_train_flops(region_targets, h, config.region_feature_dim)
         if "mrc_kl" in batch.get("objectives", ()):

@@ -73,15 +73,18 @@ class RegionEmbeddings(nn.Module):
     ) -> torch.Tensor:
         """features [B, R, D], locations [B, R, 7], masked [B, R] (True: masked for MRM) -> [B, R, H];
         `text` lends its shared parameters."""
+        projected = self.feature_proj(features)
         if masked is not None:
-            features = torch.where(masked[..., None], self.mask_embedding.to(features.dtype), features)
+            # projected once and put in place after the projection: the same as projecting the
+            # substituted features, without a gradient for the [B, R, D] feature input
+            projected = torch.where(masked[..., None], self.feature_proj(self.mask_embedding.to(features.dtype)), projected)
         if self.style == "uniter":
-            embeddings = self.feature_norm(self.feature_proj(features))
+            embeddings = self.feature_norm(projected)
             if self.location_proj is not None:
                 embeddings = embeddings + self.location_norm(self.location_proj(locations))
             embeddings = self.LayerNorm(embeddings + text.token_type_embeddings.weight[1])
         else:
-            embeddings = self.feature_proj(features) + self.type_embeddings.weight[1] + self.position_embeddings.weight[0]
+            embeddings = projected + self.type_embeddings.weight[1] + self.position_embeddings.weight[0]
             if self.location_proj is not None:
                 embeddings = embeddings + self.location_proj(locations)
             embeddings = text.LayerNorm(embeddings)
