@@ -414,12 +414,15 @@ def extract(
 
 
 def extract_world(world_dir: str | os.PathLike, output: str | os.PathLike, device: str = "auto",
-                  progress: bool = False, overrides: dict[str, Any] | None = None) -> ExtractResult:
+                  progress: bool = False, overrides: dict[str, Any] | None = None,
+                  random_sample: list[str] | None = None) -> ExtractResult:
     """Features for a synthetic world (``world/images/<id>.png``, ``world/boxes.json``), as `make demo` does.
 
     The default backend (torchvision Faster R-CNN) at small sizes. With the published weights in
     torchvision's cache the detector picks the regions; without them nothing is downloaded: random
-    weights (a loud warning, recorded in provenance) pool features on the world's ground-truth boxes.
+    weights (a loud warning, recorded in provenance) pool features on the world's ground-truth boxes,
+    and with `random_sample` (image ids) only those images are extracted: a random detector's
+    features are a check of the pipeline, not features to learn from.
     """
     from vlbert.features.backends.torchvision import weights_on_machine
 
@@ -430,7 +433,12 @@ def extract_world(world_dir: str | os.PathLike, output: str | os.PathLike, devic
     if weights_on_machine(config):
         return extract(world_dir / "images", output, config, progress=progress)
     config = load_config(None, {**settings, "weights": "none"})
-    return extract(world_dir / "images", output, config, boxes_json=world_dir / "boxes.json", progress=progress)
+    boxes_json = world_dir / "boxes.json"
+    if random_sample is not None:
+        boxes = json.loads(boxes_json.read_text())
+        boxes_json = Path(output).with_name(Path(output).stem + ".sample_boxes.json")
+        boxes_json.write_text(json.dumps({str(i): boxes[str(i)] for i in random_sample}))
+    return extract(world_dir / "images", output, config, boxes_json=boxes_json, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------- CLI
