@@ -53,6 +53,7 @@ from bench.common import (  # noqa: E402
 from vlbert.data.samplers import EpochSampler, TaskBatchSampler  # noqa: E402
 from vlbert.featstore import FeatureStore  # noqa: E402
 from vlbert.modeling.config import VLBertConfig  # noqa: E402
+from vlbert.modeling.encoder import Packing  # noqa: E402
 from vlbert.pretraining.dataset import PretrainDataset, collate_pretrain  # noqa: E402
 from vlbert.pretraining.masking import IGNORE_INDEX  # noqa: E402
 from vlbert.pretraining.module import Optimization, PretrainModule, build_optimizer  # noqa: E402
@@ -107,7 +108,10 @@ def train_flops(config: VLBertConfig, batch: dict) -> int:
     h = config.hidden_size
     lengths = batch["text_mask"].sum(1) + batch["region_mask"].sum(1)
     padded = bool((lengths < t + r).any())
-    per_example = padded and batch["input_ids"].device.type == "cpu"
+    key_mask = torch.cat([batch["text_mask"], batch["region_mask"]], dim=1).bool()
+    per_example = padded and batch["input_ids"].device.type == "cpu" and Packing(
+        key_mask.reshape(-1).nonzero().squeeze(1), key_mask
+    ).attend_per_example(h)
     pairs = int((lengths.long() ** 2).sum()) if per_example else b * (t + r) ** 2
     flops = linear_train_flops(b * r, config.region_feature_dim, h, input_grad=False)
     if config.region_location_dim:

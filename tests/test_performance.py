@@ -306,3 +306,14 @@ def test_batched_fetch_builds_the_same_examples_and_batch(tiny_world, tiny_token
     assert x["region_features"].data_ptr() == batched.region_features.data_ptr()  # used as it is
     for name in y:
         assert (x[name] == y[name]) if isinstance(y[name], str) else torch.equal(x[name], y[name]), name
+
+
+def test_per_example_attention_only_where_it_pays():
+    """Per-example CPU attention saves padded FLOPs but loops in Python: worth it for a few long,
+    uneven examples of a wide model, not for a thousand short pairs of a tiny one."""
+    def packing(lengths, length):
+        mask = torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]
+        return Packing.from_key_mask(mask[:, None, None, :])
+
+    assert packing([140, 40, 90, 60] * 4, 140).attend_per_example(768)
+    assert not packing([28, 25, 22] * 341, 28).attend_per_example(64)

@@ -3,8 +3,8 @@
 Padded batches run "packed": every per-token operation (projections, feed-forward, dropout,
 LayerNorm) sees only the N real tokens [N, H]. With the 10-100 regions an adaptive extractor
 gives, a batch padded to its longest example is ~40% padding; packed, it costs nothing. For
-attention, on CPU each example attends over its own tokens (cost sum(n_i^2), not B * L^2); on
-GPU the batch goes back to the padded [B, heads, L, head_dim] layout for SDPA's fused kernels.
+attention, on CPU each example attends over its own tokens (cost sum(n_i^2), not B * L^2) when
+that saves more than its per-example loop costs; otherwise, and on GPU, the batch goes back to the padded [B, heads, L, head_dim] layout for SDPA's fused kernels.
 Outputs at padded positions are zeros.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Packing:
     index: torch.Tensor
     key_mask: torch.Tensor  # [B, L] bool
     _lengths: list[int] | None = field(default=None, repr=False)
+    _per_example: bool | None = field(default=None, repr=False)
 
     @classmethod
     def from_key_mask(cls, attention_mask: torch.Tensor) -> "Packing":
@@ -53,6 +54,17 @@ class Packing:
         if self._lengths is None:
             self._lengths = self.key_mask.sum(1).tolist()
         return self._lengths
+
+    def attend_per_example(self, width: int) -> bool:
+        """Whether attending example by example (CPU) beats padded attention for this batch: it
+        saves the padded query-key pairs' FLOPs (4 * width each, at ~1e11 FLOP/s) but costs a
+        Python loop of a few small kernels per example (~50 us each). Large models on long,
+        uneven examples gain; many short examples (retrieval's 1024-pair scoring batches of a
+        tiny model) lose up to 10x."""
+        if self._per_example is None:
+            saved = 4 * width * (self.batch * self.length**2 - sum(n * n for n in self.lengths))
+            self._per_example = saved / 1e11 > 50e-6 * self.batch
+        return self._per_example
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
         """[B, L, C] -> [N, C]."""
@@ -112,7 +124,7 @@ class SelfAttention(nn.Module):
         (True = key is attended) or None."""
         qkv = self.qkv(hidden)
         dropout = self.attention_dropout if self.training else 0.0
-        if packing is not None and qkv.device.type == "cpu":
+        if packing is not None and qkv.device.type == "cpu" and packing.attend_per_example(qkv.shape[-1] // 3):
             context = packed_attention(qkv, packing.lengths, self.num_heads, dropout)
         else:
             context = self.padded_attention(qkv if packing is None else packing.unpack(qkv), attention_mask, dropout)
