@@ -102,7 +102,7 @@ def run_pretraining(args: list[str]) -> dict:
 
 
 def vqa_args(world, features: str, run_dir: Path, init_from: str | None, feature_dim: int, train_fraction: float = 1.0,
-             steps: int = 1500) -> list[str]:
+             steps: int = 1000) -> list[str]:
     split = {s: (str(world.vqa_questions(s)), str(world.vqa_annotations(s))) for s in ("train", "val", "test")}
     return [
         "--config", str(Path(__file__).resolve().parents[1] / "configs" / "vqa" / "tiny.yaml"),
@@ -141,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="demo_out", help="working directory (default: demo_out)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-images", type=int, default=4000,
-                        help="images in the world, 90%% for training (pretraining needs thousands: on a few hundred "
+                        help="images in the world, 94%% for training, 3%% each for validation and test (pretraining needs thousands: on a few hundred "
                              "a tiny model memorises which captions go with which image instead of learning to match)")
-    parser.add_argument("--pretrain-steps", type=int, default=3000)
+    parser.add_argument("--pretrain-steps", type=int, default=5000)
     parser.add_argument("--features", choices=("auto", "extracted", "world"), default="auto",
                         help="features for pretraining / VQA / retrieval: the extracted ones, the world's "
                              "feature-level HDF5, or auto (extracted unless the detector had random weights)")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     print(f"[1/5] synthetic world -> {out / 'world'}", flush=True)
-    world = generate_world(out / "world", seed=args.seed, num_images=args.num_images, split_fractions=(0.9, 0.05, 0.05))
+    world = generate_world(out / "world", seed=args.seed, num_images=args.num_images, split_fractions=(0.94, 0.03, 0.03))
 
     print("[2/5] region features from the world's images (torchvision Faster R-CNN)", flush=True)
     results["extraction"] = extract_features(world, out / "features.h5", all_images=args.features == "extracted")
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from vlbert.tasks.retrieval.demo import retrieval_args, run_retrieval
 
     results["retrieval"] = run_retrieval(
-        retrieval_args(world, features, out / "retrieval", init_from=pretraining["export"], feature_dim=int(dim))
+        retrieval_args(world, features, out / "retrieval", init_from=pretraining["export"], feature_dim=int(dim), steps=400)
     )
     results["seconds"] = round(time.time() - started, 1)
     print(json.dumps(results))
