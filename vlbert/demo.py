@@ -16,6 +16,20 @@ from pathlib import Path
 from vlbert.synth import generate_world
 
 
+def stage_trainer_args(run_dir: Path, steps: int, validations: int) -> list[str]:
+    """Trainer flags of a demo stage: `steps` optimiser steps however long an epoch is, validated
+    `validations` times on the way, without progress bars."""
+    return [
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.max_steps", str(steps),
+        "--trainer.max_epochs", "-1",
+        "--trainer.val_check_interval", str(max(steps // validations, 1)),
+        "--trainer.check_val_every_n_epoch", "null",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+    ]
+
+
 def pretrain_args(world, features: str, run_dir: Path, steps: int, feature_dim: int, num_classes: int, mrc_kl: bool) -> list[str]:
     return [
         "--config", str(Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "tiny.yaml"),
@@ -27,11 +41,7 @@ def pretrain_args(world, features: str, run_dir: Path, steps: int, feature_dim: 
         "--model.model.num_region_classes", str(num_classes),
         *([] if mrc_kl else ["--model.objectives.mrc_kl", "0"]),  # a random detector's class distribution is noise
         "--model.export_dir", str(run_dir / "export"),
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_steps", str(steps),
-        "--trainer.val_check_interval", str(max(steps // 2, 1)),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
+        *stage_trainer_args(run_dir, steps, validations=2),
     ]
 
 
@@ -114,13 +124,7 @@ def vqa_args(world, features: str, run_dir: Path, init_from: str | None, feature
         "--model.init_from", init_from or "null",
         "--model.model.region_feature_dim", str(feature_dim),
         "--model.export_dir", str(run_dir / "export"),
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_steps", str(steps),
-        "--trainer.max_epochs", "-1",
-        "--trainer.val_check_interval", str(max(steps // 3, 1)),
-        "--trainer.check_val_every_n_epoch", "null",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
+        *stage_trainer_args(run_dir, steps, validations=3),
     ]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlbert.demo import stage_trainer_args
+
 from .metric import chance_recall
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "retrieval" / "tiny.yaml"
@@ -36,13 +38,7 @@ def retrieval_args(
         "--model.model.region_feature_dim", str(feature_dim),
         "--model.init_from", str(init_from) if init_from else "null",
         "--model.export_dir", str(Path(run_dir) / "export"),
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_steps", str(steps),
-        "--trainer.max_epochs", "-1",
-        "--trainer.val_check_interval", str(max(steps // 3, 1)),
-        "--trainer.check_val_every_n_epoch", "null",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
+        *stage_trainer_args(Path(run_dir), steps, validations=3),
     ]
 
 
