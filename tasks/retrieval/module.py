@@ -13,7 +13,7 @@ import torch
 
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.heads import ITMHead
-from vlbert.modeling.model import OPTIONAL_ENCODER_KEYS, VLBertModel, init_weights
+from vlbert.modeling.model import VLBertModel, init_weights, load_encoder_state
 from vlbert.modeling.pretrained import load_bert_into, load_pretrained, load_submodule_state, save_pretrained
 from vlbert.pretraining.module import Optimization, as_dataclass, build_optimizer
 
@@ -94,9 +94,7 @@ class RetrievalModule(L.LightningModule):
         if init_from:
             config, state = load_pretrained(init_from)
             self._build(config, dropout)
-            missing = [k for k in load_submodule_state(self.vlbert, state, "vlbert.", strict=True) if k not in OPTIONAL_ENCODER_KEYS]
-            if missing:
-                raise ValueError(f"{init_from} lacks encoder weights {missing[:10]}")
+            load_encoder_state(self.vlbert, state, init_from)
             if any(k.startswith("itm_head.") for k in state):
                 load_submodule_state(self.itm_head, state, "itm_head.", strict=True)
                 log.info("initialised encoder and ITM head from %s", init_from)

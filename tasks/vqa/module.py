@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from vlbert.modeling.config import VLBertConfig
-from vlbert.modeling.model import OPTIONAL_ENCODER_KEYS, VLBertModel
+from vlbert.modeling.model import VLBertModel, load_encoder_state
 from vlbert.modeling.pretrained import load_bert_into, load_pretrained, load_submodule_state
 from vlbert.pretraining.module import Optimization, as_dataclass, build_optimizer
 from vlbert.tasks.vqa.answers import AnswerVocab
@@ -67,9 +67,7 @@ class VQAModule(L.LightningModule):
         if init_from:
             config, state = load_pretrained(init_from)
             self.vlbert = VLBertModel(config)
-            missing = [k for k in load_submodule_state(self.vlbert, state, "vlbert.", strict=True) if k not in OPTIONAL_ENCODER_KEYS]
-            if missing:
-                raise ValueError(f"{init_from} lacks encoder weights {missing[:10]}")
+            load_encoder_state(self.vlbert, state, init_from)
         elif bert:
             region = {name: getattr(model, name) for name in _REGION_FIELDS}
             self.vlbert = VLBertModel(VLBertConfig.from_bert(bert, **region))

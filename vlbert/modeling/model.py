@@ -20,6 +20,14 @@ log = logging.getLogger(__name__)
 OPTIONAL_ENCODER_KEYS = ("region_embeddings.mask_embedding",)
 
 
+def load_encoder_state(encoder: nn.Module, state: dict[str, torch.Tensor], source) -> None:
+    """Load a model directory's "vlbert.*" weights into `encoder` (a VLBertModel); every encoder
+    weight but the optional ones must be there, and nothing unexpected."""
+    missing = [k for k in load_submodule_state(encoder, state, "vlbert.", strict=True) if k not in OPTIONAL_ENCODER_KEYS]
+    if missing:
+        raise ValueError(f"{source} lacks encoder weights {missing[:10]}")
+
+
 @dataclass
 class VLBertOutput:
     sequence_output: torch.Tensor  # [B, T + R, H]: text positions first, then regions
@@ -101,9 +109,7 @@ class VLBertModel(nn.Module):
         """The encoder of a model directory (its "vlbert.*" weights); heads are ignored."""
         config, state = load_pretrained(directory)
         model = cls(config)
-        missing = [k for k in load_submodule_state(model, state, "vlbert.", strict=True) if k not in OPTIONAL_ENCODER_KEYS]
-        if missing:
-            raise ValueError(f"{directory} lacks encoder weights {missing[:10]}")
+        load_encoder_state(model, state, directory)
         return model
 
 
@@ -135,9 +141,7 @@ class VLBertForPretraining(nn.Module):
         other heads (a task's) are left out. Both are logged."""
         config, state = load_pretrained(directory)
         model = cls(config)
-        missing = [k for k in load_submodule_state(model.vlbert, state, "vlbert.", strict=True) if k not in OPTIONAL_ENCODER_KEYS]
-        if missing:
-            raise ValueError(f"{directory} lacks encoder weights {missing[:10]}")
+        load_encoder_state(model.vlbert, state, directory)
         new_heads = []
         for name in ("mlm_head", "itm_head", "mrfr_head", "mrc_head"):
             head = getattr(model, name)

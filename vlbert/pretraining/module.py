@@ -152,9 +152,10 @@ class PretrainModule(L.LightningModule):
         """Loss (and accuracy where it has one) of every objective the batch carries."""
         task, weights = batch["task"], self.objectives.weights()
         masked = batch["region_masked"]
+        any_masked = bool(masked.any())  # one host sync, used twice
         output = self.net.vlbert(
             batch["input_ids"], batch["text_mask"], batch["region_features"], batch["region_locations"], batch["region_mask"],
-            region_masked=masked if bool(masked.any()) else None,
+            region_masked=masked if any_masked else None,
         )
         text_length = batch["input_ids"].shape[1]
         results: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -164,8 +165,8 @@ class PretrainModule(L.LightningModule):
                 logits = self.net.mlm_head(output.sequence_output[:, :text_length][positions])
                 results["mlm"] = mlm_loss(logits, batch["mlm_labels"][positions])
         region_tasks = [task] if task in REGION_TASKS else [t for t in REGION_TASKS if weights[t] > 0 and task == "mix"]
-        if region_tasks and batch["region_masked"].any():
-            hidden = output.sequence_output[:, text_length:][batch["region_masked"]]
+        if region_tasks and any_masked:
+            hidden = output.sequence_output[:, text_length:][masked]
             if "mrfr" in region_tasks:
                 results["mrfr"] = (mrfr_loss(self.net.mrfr_head(hidden), batch["region_targets"]), None)
             if "mrc" in region_tasks:
