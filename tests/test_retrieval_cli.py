@@ -50,7 +50,8 @@ def retrieval_args(world, root, **extra) -> list[str]:
 def fitted(tiny_world, tmp_path_factory):
     """A retrieval model fitted for 3 steps and exported."""
     root = tmp_path_factory.mktemp("fit")
-    args = retrieval_args(tiny_world, root, **{"trainer.max_steps": 3, "trainer.max_epochs": -1, "model.export_dir": root / "export"})
+    args = retrieval_args(tiny_world, root, **{"trainer.max_steps": 3, "trainer.max_epochs": -1, "model.export_dir": root / "export",
+                                               "trainer.enable_checkpointing": "true", "trainer.val_check_interval": 3})
     assert vlbert(["retrieval", "fit", *args]) == 0
     return root / "export"
 
@@ -61,6 +62,26 @@ def test_fit_exports_a_model_directory_with_the_itm_head(fitted):
     weights = load_file(fitted / "model.safetensors")
     assert any(k.startswith("itm_head.") for k in weights) and any(k.startswith("vlbert.") for k in weights)
     assert (fitted / "tokenizer_config.json").exists() and (fitted / "features.json").exists()
+
+
+def test_export_of_a_checkpoint_equals_the_export_at_the_end_of_fit(fitted, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    (checkpoint,) = (fitted.parent / "checkpoints").glob("*.ckpt")
+    assert vlbert(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "exported")]) == 0
+    assert "(retrieval)" in capsys.readouterr().out
+    exported, at_end = load_file(tmp_path / "exported" / "model.safetensors"), load_file(fitted / "model.safetensors")
+    assert exported.keys() == at_end.keys() and all(torch.equal(exported[k], at_end[k]) for k in at_end)
+    assert (tmp_path / "exported" / "tokenizer_config.json").exists() and (tmp_path / "exported" / "features.json").exists()
+    RetrievalModule(init_from=str(tmp_path / "exported"))  # loads as a retrieval model again
+
+
+def test_export_refuses_a_checkpoint_no_vlbert_command_wrote(tmp_path):
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"linear.weight": torch.zeros(2, 2)}, "hyper_parameters": {"lr": 0.1}}, path)
+    with pytest.raises(ValueError, match=r"other\.ckpt.*`vlbert pretrain`, `vlbert vqa` or `vlbert retrieval`"):
+        vlbert(["export", "--checkpoint", str(path), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_test_reports_recall_and_dumps_the_score_matrix(tiny_world, fitted, tmp_path, capsys):

@@ -75,6 +75,11 @@ def test_fit_exports_a_model_directory_and_a_self_contained_checkpoint(fitted):
     exported = export_checkpoint(checkpoint_path, root / "from_checkpoint")
     again = load_file(exported / "model.safetensors")
     assert all(torch.equal(again[k], state[k]) for k in state)
+    # the `vlbert export` command tells a VQA checkpoint from a pretraining one
+    assert vlbert(["export", "--checkpoint", str(checkpoint_path), "--out", str(root / "by_command")]) == 0
+    by_command = load_file(root / "by_command" / "model.safetensors")
+    assert by_command.keys() == state.keys() and all(torch.equal(by_command[k], state[k]) for k in state)
+    assert AnswerVocab.load(root / "by_command" / "answers.json").answers == vocab.answers
 
 
 def test_validate_a_checkpoint_without_training_data(fitted, tiny_world, tmp_path, capsys):

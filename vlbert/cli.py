@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge-features": ("vlbert.features.merge", "merge feature shards into one file"),
     "import-tsv": ("vlbert.features.tsv", "convert bottom-up-attention TSV features to the vlbert schema"),
     "pretrain": ("vlbert.pretraining.cli", "pretrain the encoder (LightningCLI: fit, validate)"),
-    "export": ("vlbert.export", "export a Lightning checkpoint to a from_pretrained directory"),
+    "export": ("vlbert.export", "export a pretrain / vqa / retrieval checkpoint to a model directory"),
     "vqa": ("vlbert.tasks.vqa.cli", "fine-tune / evaluate / predict VQA (LightningCLI)"),
     "vqa-eval": ("vlbert.tasks.vqa.evaluate", "official VQA accuracy of a result file"),
     "answer": ("vlbert.tasks.vqa.answer", "answer a question about one image"),

@@ -364,3 +364,21 @@ class RetrievalModule(L.LightningModule):
             datamodule = self.trainer.datamodule
             self.save_pretrained(self.export_dir, datamodule.tokenizer, datamodule.feature_header)
             log.info("exported the retrieval model to %s", self.export_dir)
+
+
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, tokenizer: str | None = None) -> Path:
+    """A `vlbert retrieval fit` Lightning checkpoint -> a fine-tuned retrieval model directory
+    (the same files fit's export_dir gets)."""
+    from vlbert.data.tokenizer import load_tokenizer
+
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    state = checkpoint.get("state_dict", {})
+    if "model" not in hparams or "negatives" not in hparams or not any(k.startswith("itm_head.") for k in state):
+        raise ValueError(f"{checkpoint_path} is not a `vlbert retrieval` checkpoint (no model config / ITM head weights)")
+    module = RetrievalModule(model=VLBertConfig.from_dict(hparams["model"]))
+    missing = load_submodule_state(module, state, "", strict=True)
+    if missing:
+        raise ValueError(f"{checkpoint_path} lacks weights {missing[:10]}")
+    source = tokenizer or checkpoint.get("vlbert_tokenizer")
+    return module.save_pretrained(out_dir, load_tokenizer(source) if source else None, checkpoint.get("vlbert_features"))

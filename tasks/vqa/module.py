@@ -287,7 +287,7 @@ def export_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.Path
     from vlbert.data.tokenizer import load_tokenizer
     from vlbert.tasks.vqa.model import VLBertForVQA
 
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
     stored = checkpoint.get("vqa_answers")
     if stored is None or "state_dict" not in checkpoint:
         raise ValueError(f"{checkpoint_path} is not a `vlbert vqa` checkpoint (no answer vocabulary / state_dict)")
