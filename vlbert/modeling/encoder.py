@@ -26,7 +26,8 @@ from vlbert.modeling.config import VLBertConfig
 # batches padded to their own longest example bring new shapes all the time. On an H200 (BERT-base,
 # bf16, batch 128 of the 8-40 token / 10-100 region mix) 10 steps on new shapes took 8.4 s with cuDNN
 # allowed (single steps up to 3.7 s) and 0.39 s with these; once every shape had been seen, cuDNN was
-# ~5% faster (0.35 vs 0.37 s). Flash (no mask) and memory-efficient (masks, dropout) need no plans.
+# ~5% faster (0.35 vs 0.37 s; ~30% at batch 16). Flash (no mask) and memory-efficient (masks,
+# dropout) need no plans. docs/performance.md has the trade-off.
 CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
