@@ -149,6 +149,7 @@ import pytest  # noqa: E402
 
 from vlbert.data.collate import collate_inputs, pad_stack  # noqa: E402
 from vlbert.featstore import FeatureStore, FeatureWriter, RegionRecord  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 
 def write_store(path, dtype="float16", num_classes=0, labels=False, count=6, seed=0, **writer):
@@ -317,3 +318,47 @@ def test_per_example_attention_only_where_it_pays():
 
     assert packing([140, 40, 90, 60] * 4, 140).attend_per_example(768)
     assert not packing([28, 25, 22] * 341, 28).attend_per_example(64)
+
+
+class _SyncingOps(TorchDispatchMode):
+    """Records the ops whose output size or value the host must read back from the device (on a
+    GPU each is a host-device sync): nonzero, item, masked_select, boolean indexing."""
+
+    READ_BACK = {torch.ops.aten.nonzero.default, torch.ops.aten._local_scalar_dense.default,
+                 torch.ops.aten.masked_select.default}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        boolean_index = func is torch.ops.aten.index.Tensor and any(
+            i is not None and i.dtype == torch.bool for i in args[1])
+        if func in self.READ_BACK or boolean_index:
+            self.ops.append(str(func))
+        return func(*args, **kwargs or {})
+
+
+def test_pretraining_step_reads_back_from_the_device_only_for_the_padding(tiny_world, tiny_tokenizer):
+    """Every objective's targets are found by collate's row indices: a padded MLM + MRFR + MRC-KL +
+    ITM step (forward and backward) reads back only whether the batch is padded and where its
+    real tokens are (the encoder's packing); it read back eight more times before."""
+    from vlbert.data.annotations import load_pairs
+    from vlbert.pretraining.dataset import PretrainDataset, collate_pretrain
+    from vlbert.pretraining.module import PretrainModule
+    from vlbert.pretraining.objectives import Objectives
+
+    objectives = Objectives(mlm=1.0, mrfr=1.0, mrc_kl=1.0, itm=1.0, mixing="sum")
+    store = FeatureStore(tiny_world.features_path)
+    dataset = PretrainDataset(load_pairs(tiny_world.captions("train")), store, tiny_tokenizer, objectives, seed=3)
+    batch = collate_pretrain([dataset[(i, "mix", 0)] for i in range(16)], tiny_tokenizer.pad_token_id)
+    assert not (batch["text_mask"].all() and batch["region_mask"].all())  # padded: the packing path
+    torch.manual_seed(0)
+    module = PretrainModule(model=tiny_config(vocab_size=len(tiny_tokenizer), num_region_classes=store.num_classes),
+                            objectives=objectives)
+    counter = _SyncingOps()
+    with counter:
+        results = module.compute(batch)
+        sum(loss for loss, _ in results.values()).backward()
+    assert set(results) == {"mlm", "mrfr", "mrc_kl", "itm"}
+    assert sorted(counter.ops) == ['aten._local_scalar_dense.default', 'aten.nonzero.default'], counter.ops

@@ -140,6 +140,24 @@ def test_collate_pads_to_the_batch_longest_and_masks(dataset_parts):
     assert batch["task"] == "mlm"
 
 
+def test_collate_row_indices_address_the_masked_targets(dataset_parts):
+    """mlm_index / region_index / itm_index pick the same rows and targets as the boolean masks."""
+    pairs, store, tokenizer = dataset_parts
+    dataset = PretrainDataset(pairs, store, tokenizer, Objectives(mixing="sum", mrc=1.0), max_regions=7, seed=3)
+    batch = collate_pretrain([dataset[(i, "mix", 0)] for i in range(12)], tokenizer.pad_token_id)
+    b, t = batch["input_ids"].shape
+    r = batch["region_masked"].shape[1]
+    rows = torch.arange(b * (t + r)).view(b, t + r)  # stands for the model's output rows
+    text_targets = batch["mlm_labels"] != IGNORE_INDEX
+    assert 0 < len(batch["mlm_index"]) and 0 < len(batch["region_index"]) and 0 < len(batch["itm_index"]) < b
+    assert torch.equal(batch["mlm_index"], rows[:, :t][text_targets])
+    assert torch.equal(batch["mlm_targets"], batch["mlm_labels"][text_targets])
+    assert torch.equal(batch["region_index"], rows[:, t:][batch["region_masked"]])
+    assert len(batch["region_index"]) == len(batch["region_targets"]) == len(batch["region_labels"])
+    itm = batch["itm_labels"] != IGNORE_INDEX
+    assert torch.equal(batch["itm_index"], itm.nonzero().squeeze(1)) and torch.equal(batch["itm_targets"], batch["itm_labels"][itm])
+
+
 def test_length_mask():
     assert length_mask([2, 0, 3]).tolist() == [[True, True, False], [False, False, False], [True, True, True]]
 

@@ -173,7 +173,13 @@ class PretrainDataset(Dataset):
 def collate_pretrain(examples: list[dict], pad_token_id: int = 0) -> dict:
     """Pad a list of examples into a batch; masked-region targets are concatenated [M, ...].
     Region targets and class distributions keep their stored dtype (float16): the losses compute
-    in float32."""
+    in float32.
+
+    Where the targets are is also given as row indices, found here on the CPU so that the training
+    step needs no data-dependent shapes on the device (each would be a host-device sync):
+    mlm_index [K] and region_index [M] index the model's output rows [B * (T + R)] (text first),
+    with mlm_targets [K] the masked tokens; itm_index [J] indexes the examples with an ITM label,
+    itm_targets [J] those labels."""
     batch_size = len(examples)
     text_len = max(len(e["mlm_labels"]) for e in examples)
     regions = max(len(e["region_masked"]) for e in examples)
@@ -181,15 +187,32 @@ def collate_pretrain(examples: list[dict], pad_token_id: int = 0) -> dict:
     for key in ("region_labels", "region_probs"):
         if all(key in e for e in examples):
             cat[key] = [e[key] for e in examples]
+    text_targets = [np.flatnonzero(e["mlm_labels"] != IGNORE_INDEX) for e in examples]
+    masked_regions = [np.flatnonzero(e["region_masked"]) for e in examples]
+    itm_examples = [i for i, e in enumerate(examples) if e["itm_label"] != IGNORE_INDEX]
+    num_text, num_regions = sum(map(len, text_targets)), sum(map(len, masked_regions))
     batch = collate_inputs(examples, pad_token_id, region_features=getattr(examples, "region_features", None), extra={
         "mlm_labels": ((batch_size, text_len), torch.long),
         "region_masked": ((batch_size, regions), torch.bool),
         "itm_labels": ((batch_size,), torch.long),
+        "mlm_index": ((num_text,), torch.long),
+        "mlm_targets": ((num_text,), torch.long),
+        "region_index": ((num_regions,), torch.long),
+        "itm_index": ((len(itm_examples),), torch.long),
+        "itm_targets": ((len(itm_examples),), torch.long),
         **{key: ((sum(len(a) for a in arrays), *arrays[0].shape[1:]), torch_dtype(arrays[0])) for key, arrays in cat.items()},
     })
     pad_stack([e["mlm_labels"] for e in examples], IGNORE_INDEX, out=batch["mlm_labels"])
     pad_stack([e["region_masked"] for e in examples], False, out=batch["region_masked"], out_zeroed=fresh_memory_is_zeroed())
     batch["itm_labels"].numpy()[:] = [e["itm_label"] for e in examples]
+    row = text_len + regions  # output rows per example
+    if num_text:
+        batch["mlm_index"].numpy()[:] = np.concatenate([i * row + t for i, t in enumerate(text_targets)])
+        batch["mlm_targets"].numpy()[:] = np.concatenate([e["mlm_labels"][t] for e, t in zip(examples, text_targets)])
+    if num_regions:
+        batch["region_index"].numpy()[:] = np.concatenate([i * row + text_len + r for i, r in enumerate(masked_regions)])
+    batch["itm_index"].numpy()[:] = itm_examples
+    batch["itm_targets"].numpy()[:] = [examples[i]["itm_label"] for i in itm_examples]
     for key, arrays in cat.items():
         cat_rows(arrays, out=batch[key])
     tasks = {e["task"] for e in examples}

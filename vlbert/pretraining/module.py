@@ -13,7 +13,6 @@ from torch import nn
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.model import VLBertForPretraining
 from vlbert.modeling.pretrained import load_bert_into
-from vlbert.pretraining.masking import IGNORE_INDEX
 from vlbert.pretraining.objectives import (
     REGION_TASKS,
     Objectives,
@@ -151,22 +150,21 @@ class PretrainModule(L.LightningModule):
     def compute(self, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         """Loss (and accuracy where it has one) of every objective the batch carries."""
         task, weights = batch["task"], self.objectives.weights()
-        masked = batch["region_masked"]
-        any_masked = bool(masked.any())  # one host sync, used twice
+        # Targets are found by collate's row indices, whose sizes the host knows: no step waits on
+        # the device to learn how many targets there are.
+        any_masked = batch["region_index"].numel() > 0
         output = self.net.vlbert(
             batch["input_ids"], batch["text_mask"], batch["region_features"], batch["region_locations"], batch["region_mask"],
-            region_masked=masked if any_masked else None,
+            region_masked=batch["region_masked"] if any_masked else None,
         )
-        text_length = batch["input_ids"].shape[1]
+        rows = output.sequence_output.flatten(0, 1)  # [B * (T + R), H], what the indices address
         results: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        if task in ("mlm", "mix") and weights["mlm"] > 0:
-            positions = batch["mlm_labels"] != IGNORE_INDEX
-            if positions.any():
-                logits = self.net.mlm_head(output.sequence_output[:, :text_length][positions])
-                results["mlm"] = mlm_loss(logits, batch["mlm_labels"][positions])
+        if task in ("mlm", "mix") and weights["mlm"] > 0 and batch["mlm_index"].numel():
+            logits = self.net.mlm_head(rows.index_select(0, batch["mlm_index"]))
+            results["mlm"] = mlm_loss(logits, batch["mlm_targets"])
         region_tasks = [task] if task in REGION_TASKS else [t for t in REGION_TASKS if weights[t] > 0 and task == "mix"]
         if region_tasks and any_masked:
-            hidden = output.sequence_output[:, text_length:][masked]
+            hidden = rows.index_select(0, batch["region_index"])
             if "mrfr" in region_tasks:
                 results["mrfr"] = (mrfr_loss(self.net.mrfr_head(hidden), batch["region_targets"]), None)
             if "mrc" in region_tasks:
@@ -174,10 +172,9 @@ class PretrainModule(L.LightningModule):
             if "mrc_kl" in region_tasks:
                 logits = self.net.mrc_head(hidden)
                 results["mrc_kl"] = (mrc_kl_loss(logits, batch["region_probs"]), (logits.argmax(-1) == batch["region_probs"].argmax(-1)).float().mean())
-        if task in ("itm", "mix") and weights["itm"] > 0:
-            valid = batch["itm_labels"] != IGNORE_INDEX
-            if valid.any():
-                results["itm"] = itm_loss(self.net.itm_head(output.pooled_output[valid]), batch["itm_labels"][valid])
+        if task in ("itm", "mix") and weights["itm"] > 0 and batch["itm_index"].numel():
+            pooled = output.pooled_output.index_select(0, batch["itm_index"])
+            results["itm"] = itm_loss(self.net.itm_head(pooled), batch["itm_targets"])
         return results
 
     def _log_results(self, stage: str, results: dict, batch_size: int) -> None:
