@@ -9,8 +9,7 @@ import torch
 from PIL import Image
 
 from vlbert.featstore import FeatureStore
-from vlbert.features.config import load_config
-from vlbert.features.extract import extract, main
+from vlbert.features.extract import main
 from vlbert.features.images import ImageFolderDataset, decode_image, list_images, ImageListError
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "extract" / "tiny.yaml"

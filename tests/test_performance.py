@@ -141,8 +141,6 @@ def test_per_example_attention_matches_padded_sdpa():
 
 # ----------------------------------------------------------------------------- input pipeline
 
-import os  # noqa: E402
-
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

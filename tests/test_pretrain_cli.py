@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from tiny import tiny_pretrain_args
 from vlbert.cli import main as vlbert
-from vlbert.featstore import FeatureStoreError, FeatureWriter, RegionRecord, FeatureStore
+from vlbert.featstore import FeatureStoreError, FeatureWriter, FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 

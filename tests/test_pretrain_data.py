@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlbert.data.annotations import CaptionPair, load_pairs
+from vlbert.data.annotations import load_pairs
 from vlbert.data.collate import length_mask
 from vlbert.data.regions import box_locations
 from vlbert.data.samplers import EpochSampler, TaskBatchSampler

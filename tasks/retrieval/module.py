@@ -20,7 +20,7 @@ from vlbert.pretraining.module import Optimization, as_dataclass, build_optimize
 from .losses import LOSSES, ranking_loss
 from .metric import retrieval_recall
 from .negatives import select_hardest
-from .scoring import CaptionBank, ImageBlock, gather_rows, score_block
+from .scoring import ImageBlock, gather_rows, score_block
 
 log = logging.getLogger(__name__)
 
