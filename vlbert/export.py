@@ -11,7 +11,7 @@ import torch
 from vlbert.data.tokenizer import load_tokenizer
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.model import VLBertForPretraining
-from vlbert.modeling.pretrained import load_submodule_state
+from vlbert.modeling.pretrained import load_complete_state
 
 
 def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, tokenizer: str | None = None) -> Path:
@@ -21,9 +21,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, tokenize
     if "model" not in hparams or "state_dict" not in checkpoint:
         raise ValueError(f"{checkpoint_path} is not a `vlbert pretrain` checkpoint (no model config / state_dict)")
     model = VLBertForPretraining(VLBertConfig.from_dict(hparams["model"]))
-    missing = load_submodule_state(model, checkpoint["state_dict"], "net.", strict=True)
-    if missing:
-        raise ValueError(f"{checkpoint_path} lacks weights {missing[:10]}")
+    load_complete_state(model, checkpoint["state_dict"], "net.", checkpoint_path)
     tokenizer_source = tokenizer or checkpoint.get("vlbert_tokenizer")
     return model.save_pretrained(
         out_dir,

@@ -14,7 +14,7 @@ import torch
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.heads import ITMHead
 from vlbert.modeling.model import VLBertModel, init_weights, load_encoder_state
-from vlbert.modeling.pretrained import load_bert_into, load_pretrained, load_submodule_state, save_pretrained
+from vlbert.modeling.pretrained import load_bert_into, load_complete_state, load_pretrained, load_submodule_state, save_pretrained
 from vlbert.pretraining.module import Optimization, as_dataclass, build_optimizer
 
 from .losses import LOSSES, ranking_loss
@@ -377,8 +377,6 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, tokenize
     if "model" not in hparams or "negatives" not in hparams or not any(k.startswith("itm_head.") for k in state):
         raise ValueError(f"{checkpoint_path} is not a `vlbert retrieval` checkpoint (no model config / ITM head weights)")
     module = RetrievalModule(model=VLBertConfig.from_dict(hparams["model"]))
-    missing = load_submodule_state(module, state, "", strict=True)
-    if missing:
-        raise ValueError(f"{checkpoint_path} lacks weights {missing[:10]}")
+    load_complete_state(module, state, "", checkpoint_path)
     source = tokenizer or checkpoint.get("vlbert_tokenizer")
     return module.save_pretrained(out_dir, load_tokenizer(source) if source else None, checkpoint.get("vlbert_features"))

@@ -17,7 +17,7 @@ from torch import nn
 
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.model import VLBertModel, init_weights
-from vlbert.modeling.pretrained import load_pretrained, load_submodule_state, save_pretrained
+from vlbert.modeling.pretrained import load_complete_state, load_pretrained, save_pretrained
 from vlbert.tasks.vqa.answers import AnswerVocab
 
 ANSWERS_FILE = "answers.json"
@@ -87,9 +87,7 @@ class VLBertForVQA(nn.Module):
         check_head_style(directory)
         vocab = read_answers(directory)
         model = cls(config, vocab)
-        missing = load_submodule_state(model, state, "", strict=True)
-        if missing:
-            raise ValueError(f"{directory} lacks weights {missing[:10]}")
+        load_complete_state(model, state, "", directory)
         return model
 
 

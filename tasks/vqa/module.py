@@ -16,7 +16,7 @@ import torch
 
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.model import VLBertModel, load_encoder_state
-from vlbert.modeling.pretrained import load_bert_into, load_pretrained, load_submodule_state
+from vlbert.modeling.pretrained import load_bert_into, load_complete_state, load_pretrained, load_submodule_state
 from vlbert.pretraining.module import Optimization, as_dataclass, build_optimizer
 from vlbert.tasks.vqa.answers import AnswerVocab
 from vlbert.tasks.vqa.metric import evaluate_examples
@@ -293,9 +293,7 @@ def export_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.Path
         raise ValueError(f"{checkpoint_path} is not a `vlbert vqa` checkpoint (no answer vocabulary / state_dict)")
     config = VLBertConfig.from_dict(checkpoint["hyper_parameters"]["model"])
     model = VLBertForVQA(config, AnswerVocab(stored["answers"], stored.get("counts"), stored.get("min_count"), stored.get("count_by")))
-    missing = load_submodule_state(model, checkpoint["state_dict"], "", strict=True)
-    if missing:
-        raise ValueError(f"{checkpoint_path} lacks weights {missing[:10]}")
+    load_complete_state(model, checkpoint["state_dict"], "", checkpoint_path)
     source = tokenizer or checkpoint.get("vlbert_tokenizer")
     return model.save_pretrained(out_dir, load_tokenizer(source) if source else None, checkpoint.get("vlbert_features"),
                                  checkpoint.get("datamodule_hyper_parameters"))

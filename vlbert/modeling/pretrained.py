@@ -69,6 +69,14 @@ def load_submodule_state(module: nn.Module, state: dict[str, torch.Tensor], pref
     return [k for k in own if k not in sub]
 
 
+def load_complete_state(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, source) -> None:
+    """load_submodule_state (strict) for a state that must hold every weight of `module`; `source`
+    names where it came from in the error."""
+    missing = load_submodule_state(module, state, prefix, strict=True)
+    if missing:
+        raise ValueError(f"{source} lacks weights {missing[:10]}")
+
+
 # -- HF BERT checkpoints ---------------------------------------------------------------
 
 _BERT_LAYER_RENAMES = [
