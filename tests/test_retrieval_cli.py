@@ -76,6 +76,16 @@ def test_export_of_a_checkpoint_equals_the_export_at_the_end_of_fit(fitted, tmp_
     RetrievalModule(init_from=str(tmp_path / "exported"))  # loads as a retrieval model again
 
 
+def test_export_names_the_weights_a_checkpoint_lacks(fitted, tmp_path):
+    (checkpoint_path,) = (fitted.parent / "checkpoints").glob("*.ckpt")
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    del checkpoint["state_dict"]["itm_head.classifier.weight"]
+    torch.save(checkpoint, tmp_path / "damaged.ckpt")
+    with pytest.raises(ValueError, match=r"damaged\.ckpt lacks weights \['itm_head\.classifier\.weight'\]"):
+        vlbert(["export", "--checkpoint", str(tmp_path / "damaged.ckpt"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_refuses_a_checkpoint_no_vlbert_command_wrote(tmp_path):
     path = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"linear.weight": torch.zeros(2, 2)}, "hyper_parameters": {"lr": 0.1}}, path)
