@@ -1,4 +1,5 @@
-# `make demo` and `make test` create or refresh .venv themselves (re-installed when setup.cfg changes).
+# `make demo` and `make test` create or refresh .venv themselves (re-installed when setup.cfg, or
+# vlbert/__init__.py where the version is, changes).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test bench clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml vlbert/__init__.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -e '.[test]'
