@@ -1,13 +1,22 @@
-"""The extraction config: one typed dataclass, loaded from YAML, overridable from the command line."""
+"""The extraction config: one typed dataclass, read from YAML and the command line by jsonargparse.
+
+The same machinery as the other stages' LightningCLI: `add_config_arguments` puts every
+ExtractConfig field on a jsonargparse parser as a flat, typed key documented by the class
+docstring; `vlbert extract` (features/extract.py) and `load_config` both read settings through
+it, and ExtractConfig.__post_init__ is the one place values are checked.
+"""
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from jsonargparse import ArgumentParser, Namespace
 
 from vlbert.features.boxes import BoxSelection
 
@@ -29,39 +38,61 @@ class ConfigError(ValueError):
 
 @dataclass
 class ExtractConfig:
-    """Everything `vlbert extract` needs besides the image folder and output path.
+    """Extraction settings: keys of a --config file (configs/extract/*.yaml), each also a flag.
 
-    weights: "default" (the backend's published weights, downloaded by torchvision on first
-    use), a local weights file, or "none" (random weights: tests only).
-    num_boxes: set for a fixed number of regions per image, null for adaptive selection
-    (score_threshold, min_boxes, max_boxes).
+    Attributes:
+        backend: Detector implementation: torchvision or detectron2.
+        model: torchvision detector: fasterrcnn_resnet50_fpn or fasterrcnn_resnet50_fpn_v2.
+        weights: default (the backend's published weights, downloaded by torchvision on first use),
+            a local weights file, or none (random weights: tests only).
+        seed: Initialises random weights (weights: none) identically in every process.
+        detectron2_config: detectron2 backend only: its config .yaml file.
+        detectron2_setup: detectron2 backend only: modules to import, or "module:function" to call
+            with the cfg, before the config is read.
+        detectron2_opts: detectron2 backend only: config overrides, e.g. [MODEL.RPN.NMS_THRESH, 0.7].
+        min_size: Shorter image side after resizing, in pixels.
+        max_size: Longest image side after resizing, in pixels (at least min_size).
+        proposals: RPN proposals per image that become candidate regions.
+        score_threshold: Adaptive selection: keep regions whose best class score is at least this.
+        nms_iou: IoU of the per-class non-maximum suppression.
+        min_boxes: Adaptive selection: at least this many regions per image.
+        max_boxes: Adaptive selection: at most this many regions per image.
+        num_boxes: A fixed number of regions per image (e.g. 36); null for adaptive selection
+            (score_threshold, min_boxes, max_boxes).
+        dtype: Stored feature precision: float16 or float32.
+        class_probs: Store each region's class distribution.
+        batch_size: Images per detector batch.
+        num_workers: DataLoader processes decoding images (0: in the main process).
+        device: auto (cuda if available, else cpu), cpu, cuda or cuda:N.
+        flush_every: Images per part file (the most a kill -9 can lose is this plus a batch).
+        max_image_pixels: Larger images are listed as failures instead of exhausting memory.
     """
 
     backend: str = "torchvision"
     model: str = "fasterrcnn_resnet50_fpn"
     weights: Optional[str] = "default"
-    seed: int = 0  # initialises random weights (weights: none) identically in every process
-    # detectron2 backend only: config file, modules to import / "module:function(cfg)" to call first, overrides
+    seed: int = 0
     detectron2_config: Optional[str] = None
     detectron2_setup: list[str] = field(default_factory=list)
-    detectron2_opts: list[str] = field(default_factory=list)
+    detectron2_opts: list[Union[str, bool, int, float]] = field(default_factory=list)
     min_size: int = 800
     max_size: int = 1333
-    proposals: int = 300  # RPN proposals per image that become candidate regions
+    proposals: int = 300
     score_threshold: float = 0.2
     nms_iou: float = 0.3
     min_boxes: int = 10
     max_boxes: int = 100
     num_boxes: Optional[int] = None
     dtype: str = "float16"
-    class_probs: bool = True  # store each region's class distribution
+    class_probs: bool = True
     batch_size: int = 4
     num_workers: int = 2
-    device: str = "auto"  # auto: cuda if available, else cpu
-    flush_every: int = 256  # images per part file (the most a kill -9 can lose is this plus a batch)
-    max_image_pixels: int = 250_000_000  # larger images are listed as failures instead of exhausting memory
+    device: str = "auto"
+    flush_every: int = 256
+    max_image_pixels: int = 250_000_000
 
     def __post_init__(self) -> None:
+        self.detectron2_opts = [str(v) for v in self.detectron2_opts]  # detectron2's merge_from_list parses them
         if self.weights is None or str(self.weights).lower() in ("none", "null", "random"):
             self.weights = "none"
         if self.backend not in BACKENDS:
@@ -106,27 +137,81 @@ class ExtractConfig:
         return {name: getattr(self, name) for name in OUTPUT_FIELDS}
 
 
+FIELDS = tuple(f.name for f in dataclasses.fields(ExtractConfig))
+
+
+class SettingsParser(ArgumentParser):
+    """A jsonargparse parser whose dumps (``--print_config``) are checked, normalised ExtractConfigs."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("exit_on_error", False)  # errors raise argparse.ArgumentError: one line, no usage dump
+        super().__init__(*args, **kwargs)
+
+    def dump(self, cfg: Namespace, *args, **kwargs) -> str:
+        cfg = cfg.clone()
+        for name, value in config_from(cfg).to_dict().items():  # ConfigError: nothing invalid is printed
+            cfg[name] = value
+        return super().dump(cfg, *args, **kwargs)
+
+
+def add_config_arguments(parser: ArgumentParser) -> None:
+    """Every ExtractConfig field as a flat key (`--min_size 600`, `min_size: 600` in a --config file)."""
+    parser.add_class_arguments(ExtractConfig, as_group=True, instantiate=False)
+
+
+def config_from(cfg: Namespace | dict[str, Any]) -> ExtractConfig:
+    """The ExtractConfig of a parsed namespace's fields (other keys, e.g. the CLI's --images, are ignored)."""
+    return ExtractConfig(**{name: cfg[name] for name in FIELDS if name in cfg})
+
+
+def settings_parser() -> SettingsParser:
+    """A parser of the ExtractConfig fields only: what `load_config` reads a YAML file with."""
+    parser = SettingsParser(prog="vlbert extract settings")
+    add_config_arguments(parser)
+    return parser
+
+
+def describe_error(err: BaseException, known: tuple[str, ...] = FIELDS) -> str:
+    """One line naming the key, from a jsonargparse error (which may span several lines)."""
+    text = str(err)
+    unknown = re.search(r"Option '([^']+)' is not accepted", text) or re.search(r"Key '([^']+)' is not expected", text)
+    if unknown:
+        key = unknown.group(1)
+        close = difflib.get_close_matches(key, known, n=1)
+        return (f"unknown key {key!r}{f' (did you mean {close[0]}?)' if close else ''}. "
+                f"Known settings: {', '.join(known)}")
+    flag = re.match(r"unrecognized arguments: --([\w.-]+)", text)
+    if flag:
+        key = flag.group(1)
+        close = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
+        return f"unknown key --{key}{f' (did you mean --{close[0]}?)' if close else ''}"
+    bad = re.match(r'Parser key "([^"]+)":\s*(.*)', text, re.S)
+    if bad:
+        key, detail = bad.groups()
+        expected = re.findall(r"Expected an? <class '(\w+)'>", detail)
+        got = re.search(r"(?:Got|Given) value: (.*)", detail)
+        if expected and got:
+            types = " or ".join("null" if t == "NoneType" else t for t in dict.fromkeys(expected))
+            return f"bad value for {key}: expected {types}, got {got.group(1).strip()!r}"
+        return f"bad value for {key}: {' '.join(detail.split())}"
+    return " ".join(text.split())
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ExtractConfig:
     """ExtractConfig from a YAML file (None: defaults) with `overrides` on top; unknown keys are errors."""
-    schema = OmegaConf.structured(ExtractConfig)
-    layers = [schema]
-    where = "the defaults"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"extraction config {path} does not exist (see configs/extract/ for examples)")
-        layers.append(OmegaConf.load(path))
-        where = str(path)
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"extraction config {path} does not exist (see configs/extract/ for examples)")
+    where = "the defaults" if path is None else str(path)
     if overrides:
-        layers.append(OmegaConf.create({k: v for k, v in overrides.items()}))
         where += " + command-line flags"
+    parser = settings_parser()
     try:
-        merged = OmegaConf.merge(*layers)
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or getattr(err, "key", None)
-        known = ", ".join(f.name for f in dataclasses.fields(ExtractConfig))
-        raise ConfigError(f"{where}: bad extraction setting {key!r}: {str(err).splitlines()[0]}. "
-                          f"Known settings: {known}") from None
+        cfg = parser.get_defaults() if path is None else parser.parse_path(path)
+        if overrides:
+            values = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in overrides.items()}
+            cfg = parser.parse_object(values, namespace=cfg)
+        return config_from(cfg)
+    except argparse.ArgumentError as err:
+        raise ConfigError(f"{where}: {describe_error(err)}") from None
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None

@@ -21,13 +21,16 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
+from jsonargparse import ActionConfigFile, ActionYesNo, Namespace
 
 from vlbert.featstore import FeatureStore, FeatureStoreError, FeatureWriter, RegionRecord, read_header
-from vlbert.features.config import ConfigError, ExtractConfig, load_config
+from vlbert.features.config import (
+    FIELDS, ConfigError, ExtractConfig, SettingsParser, add_config_arguments, config_from, describe_error, load_config,
+)
 from vlbert.features.images import DecodedImage, ImageFolderDataset, ImageListError, collate_decoded, list_images
 from vlbert.features.provenance import ProvenanceMismatch, check_same, run_info
 
@@ -366,7 +369,7 @@ def extract(
     """
     config = config or ExtractConfig()
     if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ExtractError(f"--shard-index must be in [0, {num_shards}) and --num-shards >= 1, "
+        raise ExtractError(f"--shard_index must be in [0, {num_shards}) and --num_shards >= 1, "
                            f"got {shard_index} of {num_shards}")
     images_dir = Path(images_dir)
     images = list_images(images_dir)
@@ -413,91 +416,101 @@ def extract(
     return ExtractResult(output, len(mine), extracted, already, failures, failures_path)
 
 
-def extract_world(world_dir: str | os.PathLike, output: str | os.PathLike, device: str = "auto",
-                  progress: bool = False, overrides: dict[str, Any] | None = None,
-                  random_sample: list[str] | None = None) -> ExtractResult:
-    """Features for a synthetic world (``world/images/<id>.png``, ``world/boxes.json``), as `make demo` does.
-
-    The default backend (torchvision Faster R-CNN) at small sizes. With the published weights in
-    torchvision's cache the detector picks the regions; without them nothing is downloaded: random
-    weights (a loud warning, recorded in provenance) pool features on the world's ground-truth boxes,
-    and with `random_sample` (image ids) only those images are extracted: a random detector's
-    features are a check of the pipeline, not features to learn from.
-    """
-    from vlbert.features.backends.torchvision import weights_on_machine
-
-    world_dir = Path(world_dir)
-    settings = {"min_size": 224, "max_size": 320, "proposals": 100, "batch_size": 8, "num_workers": 0,
-                "device": device, "flush_every": 512, **(overrides or {})}
-    config = load_config(None, settings)
-    if weights_on_machine(config):
-        return extract(world_dir / "images", output, config, progress=progress)
-    config = load_config(None, {**settings, "weights": "none"})
-    boxes_json = world_dir / "boxes.json"
-    if random_sample is not None:
-        boxes = json.loads(boxes_json.read_text())
-        boxes_json = Path(output).with_name(Path(output).stem + ".sample_boxes.json")
-        boxes_json.write_text(json.dumps({str(i): boxes[str(i)] for i in random_sample}))
-    return extract(world_dir / "images", output, config, boxes_json=boxes_json, progress=progress)
-
-
 # ----------------------------------------------------------------------------------------- CLI
 
+# What to extract, besides the settings (ExtractConfig fields): also keys of a --config file.
+RUN_KEYS = ("images", "output", "boxes", "num_shards", "shard_index", "strict", "progress")
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("extraction settings (override the --config file)")
-    for f in dataclasses.fields(ExtractConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if "list" in str(f.type):
-            group.add_argument(flag, dest=f"cfg_{f.name}", nargs="*", default=None, metavar="VALUE")
+# The argparse spellings of earlier versions, still accepted: old flag -> jsonargparse flag.
+LEGACY_FLAGS = {
+    "--num-shards": "--num_shards", "--shard-index": "--shard_index", "--no-progress": "--no_progress",
+    "--print-config": "--print_config",
+    **{"--" + name.replace("_", "-"): "--" + name for name in FIELDS if "_" in name},
+}
+_LEGACY_LISTS = ("--detectron2-setup", "--detectron2-opts")  # took any number of values: --detectron2-opts A 1
+
+
+def modern_argv(argv: list[str]) -> list[str]:
+    """Rewrites the old dash spellings (`--num-shards 4`, `--min-size=600`) to today's flags."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        flag, eq, value = arg.partition("=")
+        if flag not in LEGACY_FLAGS:
+            out.append(arg)
+        elif flag in _LEGACY_LISTS:
+            values = [value] if eq else []
+            while not eq and i < len(argv) and not argv[i].startswith("--"):
+                values.append(argv[i])
+                i += 1
+            out.append(f"{LEGACY_FLAGS[flag]}={json.dumps(values)}")
         else:
-            group.add_argument(flag, dest=f"cfg_{f.name}", default=None, metavar=f.name.upper())
+            out.append(LEGACY_FLAGS[flag] + eq + value)
+    return out
 
 
-def _parse_value(text: str) -> Any:
-    import yaml
-
-    if text.lower() in ("none",):
-        return "none"
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> SettingsParser:
+    parser = SettingsParser(
         prog="vlbert extract",
         description="Extract Faster R-CNN region features from an image folder into one HDF5 file. "
                     "Safe to interrupt: rerun the same command to finish.",
+        epilog="Every key is a flag and a key of a --config YAML file (e.g. configs/extract/torchvision.yaml); "
+               "later arguments win over earlier ones, so put --config first. Lists: --detectron2_opts "
+               "'[MODEL.RPN.NMS_THRESH, 0.7]'. Exit status: 0 done, 1 no image extracted (or any failure "
+               "with --strict), 2 unusable arguments. The dash spellings of earlier versions (--num-shards, "
+               "--shard-index, --no-progress, --print-config, --min-size, ...) are still accepted.",
     )
-    parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    parser.add_argument("--output", required=True, help="output .h5 file ({shard} is replaced by the shard index)")
-    parser.add_argument("--config", help="extraction YAML, e.g. configs/extract/torchvision.yaml")
-    parser.add_argument("--boxes", help="JSON {image id: [[x1, y1, x2, y2], ...]}: features for these boxes only")
-    parser.add_argument("--num-shards", type=int, default=1, help="split the images into K shards (one per GPU/node)")
-    parser.add_argument("--shard-index", type=int, default=0, help="which shard this process extracts (0-based)")
-    parser.add_argument("--strict", action="store_true", help="exit with status 1 if any image fails")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
-    _add_config_flags(parser)
+    parser.add_argument("--config", action=ActionConfigFile,
+                        help="extraction YAML of the keys below, e.g. configs/extract/torchvision.yaml")
+    run = parser.add_argument_group("What to extract")
+    run.add_argument("--images", type=str, required=True, help="folder of images (searched recursively)")
+    run.add_argument("--output", type=str, required=True,
+                     help="output .h5 file ({shard} is replaced by the shard index)")
+    run.add_argument("--boxes", type=Optional[str], default=None,
+                     help="JSON {image id: [[x1, y1, x2, y2], ...]}: features for these boxes only")
+    run.add_argument("--num_shards", type=int, default=1, help="split the images into K shards (one per GPU/node)")
+    run.add_argument("--shard_index", type=int, default=0, help="which shard this process extracts (0-based)")
+    run.add_argument("--strict", action=ActionYesNo, nargs="?", default=False,
+                     help="exit with status 1 if any image fails")
+    run.add_argument("--progress", action=ActionYesNo, nargs="?", default=True, help="show a progress bar")
+    add_config_arguments(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    overrides = {}
-    for name, value in vars(args).items():
-        if name.startswith("cfg_") and value is not None:
-            overrides[name[4:]] = [str(v) for v in value] if isinstance(value, list) else _parse_value(value)
+def _config_files(argv: list[str]) -> list[str]:
+    files = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    return files + [arg.partition("=")[2] for arg in argv if arg.startswith("--config=")]
+
+
+def parse_args(argv: list[str]) -> tuple[Namespace, ExtractConfig]:
+    """The parsed arguments and their checked ExtractConfig; errors are ConfigError, in one line."""
+    argv = modern_argv(argv)
     try:
-        config = load_config(args.config, overrides)
-        if args.print_config:
-            print(json.dumps(config.to_dict(), indent=2))
-            return 0
+        args = build_parser().parse_args(argv)
+        return args, config_from(args)
+    except argparse.ArgumentError as err:
+        message = describe_error(err, RUN_KEYS + FIELDS)
+        files = _config_files(argv)
+        if "is not accepted" in str(err) and len(files) == 1:  # an unknown key in the --config file
+            message = f"--config {files[0]}: {message}"
+        raise ConfigError(f"{message} (see vlbert extract --help)") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args, config = parse_args(argv)
+    except SystemExit as done:  # --help, --print_config
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
+    except ConfigError as err:
+        print(f"vlbert extract: error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
         result = extract(args.images, args.output, config, boxes_json=args.boxes, num_shards=args.num_shards,
-                         shard_index=args.shard_index, strict=args.strict, progress=not args.no_progress)
+                         shard_index=args.shard_index, strict=args.strict, progress=args.progress)
     except (ConfigError, ExtractError, ImageListError, ProvenanceMismatch, FeatureStoreError, FileExistsError) as err:
         print(f"vlbert extract: error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
 """End-to-end extraction with the torchvision backend (random weights, tiny sizes, CPU)."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from vlbert.featstore import FeatureStore, read_header
@@ -13,6 +15,7 @@ from vlbert.features import extract as extract_module
 from vlbert.features.config import ConfigError, ExtractConfig, load_config
 from vlbert.features.extract import ExtractError, extract, load_given_boxes, main
 from vlbert.features.provenance import ProvenanceMismatch
+from vlbert.tasks.demo import extract_world
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "extract" / "tiny.yaml"
@@ -64,17 +67,120 @@ def photos(tmp_path_factory) -> Path:
 def test_unknown_config_key_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("weights: none\nmin_boxs: 3\n")
-    with pytest.raises(ConfigError, match="min_boxs"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'min_boxs' \(did you mean min_boxes\?\)\. "
+                                          r"Known settings: backend, model, .*max_image_pixels"):
         load_config(bad)
-    with pytest.raises(ConfigError, match="dtype"):
+    with pytest.raises(ConfigError, match="command-line flags: unknown key 'min_boxs'"):
+        load_config(TINY, {"min_boxs": 3})
+    with pytest.raises(ConfigError, match="dtype: 'int8' is not one of"):
         load_config(TINY, {"dtype": "int8"})
+    with pytest.raises(ConfigError, match="bad value for num_boxes: expected int or null, got 'many'"):
+        load_config(TINY, {"num_boxes": "many"})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
 
 
-def test_cli_flags_override_the_config_file(capsys):
-    assert main(["--images", ".", "--output", "x.h5", "--config", str(TINY), "--num-boxes", "7",
-                 "--dtype", "float32", "--print-config"]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["num_boxes"] == 7 and printed["dtype"] == "float32" and printed["weights"] == "none"
+def test_load_config_types_and_normalises_values(tmp_path):
+    path = tmp_path / "d2.yaml"
+    path.write_text("detectron2_opts: [MODEL.RPN.NMS_THRESH, 0.7, MODEL.MASK_ON, false]\nweights: null\n")
+    config = load_config(path, {"score_threshold": 0, "weights": tmp_path / "w.pth"})
+    assert config.detectron2_opts == ["MODEL.RPN.NMS_THRESH", "0.7", "MODEL.MASK_ON", "False"]  # as detectron2 wants
+    assert config.score_threshold == 0.0 and config.weights == str(tmp_path / "w.pth")
+    assert load_config(path).weights == "none"
+
+
+def run_cli(capsys, *args: str, through_vlbert: bool = False) -> tuple[int, str, str]:
+    from vlbert import cli
+
+    code = cli.main(["extract", *args]) if through_vlbert else main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("vlbert extract: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("through_vlbert", [False, True])
+def test_print_config_is_the_file_with_the_overrides(capsys, tmp_path, through_vlbert):
+    code, out, err = run_cli(capsys, "--config", str(TINY), "--images", "imgs", "--output", "f.h5",
+                             "--num_boxes", "7", "--dtype", "float32", "--print_config", through_vlbert=through_vlbert)
+    assert code == 0 and err == ""
+    printed = yaml.safe_load(out)
+    expected = {**ExtractConfig().to_dict(), **yaml.safe_load(TINY.read_text()), "num_boxes": 7, "dtype": "float32"}
+    assert {key: printed[key] for key in expected} == expected
+    assert printed["images"] == "imgs" and printed["output"] == "f.h5" and printed["progress"] is True
+    # what is printed is a config file the command takes back as it is
+    saved = tmp_path / "resolved.yaml"
+    saved.write_text(out)
+    assert run_cli(capsys, "--config", str(saved), "--print_config")[1] == out
+
+
+def test_print_config_shows_only_valid_settings(capsys):
+    code, out, err = run_cli(capsys, "--config", str(TINY), "--images", "i", "--output", "o.h5", "--min_size", "500",
+                             "--print_config")
+    assert code == 2 and out == ""
+    assert "min_size (500) must not exceed max_size (96)" in one_line_error(err)
+
+
+@pytest.mark.parametrize("through_vlbert", [False, True])
+def test_unknown_keys_are_refused_in_one_line(capsys, tmp_path, through_vlbert):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text() + "min_boxs: 3\n")
+    code, out, err = run_cli(capsys, "--config", str(bad), "--images", "i", "--output", "o.h5",
+                             through_vlbert=through_vlbert)
+    line = one_line_error(err)
+    assert code == 2 and out == ""
+    assert f"--config {bad}: unknown key 'min_boxs' (did you mean min_boxes?)" in line and "Known settings" in line
+    code, out, err = run_cli(capsys, "--config", str(TINY), "--images", "i", "--output", "o.h5", "--min_boxs", "3",
+                             through_vlbert=through_vlbert)
+    assert code == 2 and "unknown key --min_boxs (did you mean --min_boxes?)" in one_line_error(err)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dtype", "int8"], "dtype: 'int8' is not one of ('float16', 'float32')"),
+    (["--min_size", "500"], "min_size (500) must not exceed max_size (96)"),
+    (["--backend", "detectron2"], "backend: detectron2 needs detectron2_config:"),
+    (["--num_boxes", "many"], "bad value for num_boxes: expected int or null, got 'many'"),
+    (["--class_probs", "maybe"], "bad value for class_probs: expected bool, got 'maybe'"),
+    (["--num_shards", "2", "--shard_index", "2"], "--shard_index must be in [0, 2)"),
+])
+def test_bad_values_name_the_key(capsys, tmp_path, args, message):
+    write_scenes(tmp_path / "imgs", 1)
+    code, out, err = run_cli(capsys, "--config", str(TINY), "--images", str(tmp_path / "imgs"),
+                             "--output", str(tmp_path / "f.h5"), *args)
+    assert code == 2 and message in one_line_error(err)
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_help_documents_every_key(capsys):
+    code, out, err = run_cli(capsys, "--help", through_vlbert=True)
+    assert code == 0
+    text = " ".join(out.split())
+    assert "--score_threshold SCORE_THRESHOLD Adaptive selection: keep regions whose best class score is at least " \
+           "this. (type: float, default: 0.2)" in text
+    for field in dataclasses.fields(ExtractConfig):
+        assert f"--{field.name} " in text
+    for flag in ("--config", "--print_config", "--images", "--output", "--boxes", "--num_shards", "--shard_index",
+                 "--strict", "--progress"):
+        assert flag in text
+
+
+def test_old_dash_flags_still_work(capsys):
+    old = run_cli(capsys, "--config", str(TINY), "--images", "i", "--output", "o.h5", "--num-shards", "4",
+                  "--shard-index", "1", "--no-progress", "--num-boxes", "7", "--min-size=32",
+                  "--detectron2-opts", "MODEL.X", "1", "--flush-every", "4", "--print-config")
+    new = run_cli(capsys, "--config", str(TINY), "--images", "i", "--output", "o.h5", "--num_shards", "4",
+                  "--shard_index", "1", "--progress", "false", "--num_boxes", "7", "--min_size", "32",
+                  "--detectron2_opts", "[MODEL.X, 1]", "--flush_every", "4", "--print_config")
+    assert old == new and old[0] == 0
+    printed = yaml.safe_load(old[1])
+    assert (printed["num_shards"], printed["shard_index"], printed["progress"]) == (4, 1, False)
+    assert (printed["num_boxes"], printed["min_size"], printed["detectron2_opts"]) == (7, 32, ["MODEL.X", "1"])
 
 
 def test_extract_real_photos_round_trip(photos, tmp_path):
@@ -201,7 +307,7 @@ def test_exit_status(tmp_path):
     bad.mkdir()
     (bad / "a.jpg").write_bytes(b"")
     (bad / "b.png").write_text("not an image")
-    args = ["--config", str(TINY), "--no-progress"]
+    args = ["--config", str(TINY), "--progress", "false"]
     assert main(["--images", str(bad), "--output", str(tmp_path / "bad.h5"), *args]) == 1
     failures = json.loads((tmp_path / "bad.failures.json").read_text())
     assert {f["image_id"] for f in failures["failures"]} == {"a", "b"}
@@ -259,8 +365,7 @@ def test_synthetic_world_without_weights_uses_ground_truth_boxes(tmp_path, monke
         Image.fromarray(scene(i, 64, 48)).save(world / "images" / f"{i}.png")
         boxes[str(i)] = [[2, 2, 30, 20], [10, 12, 60, 44]]
     (world / "boxes.json").write_text(json.dumps(boxes))
-    result = extract_module.extract_world(world, tmp_path / "world.h5", device="cpu",
-                                          overrides={"min_size": 64, "max_size": 96})
+    result = extract_world(world, tmp_path / "world.h5", device="cpu", overrides={"min_size": 64, "max_size": 96})
     assert result.extracted == 3
     store = FeatureStore(tmp_path / "world.h5")
     assert store.provenance["regions"]["source"] == "given" and store.provenance["weights"]["random"]
