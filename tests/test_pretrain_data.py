@@ -167,20 +167,57 @@ def test_task_batch_sampler_ratios_buckets_and_resume():
     sampler = TaskBatchSampler(EpochSampler(400, seed=1), 10, False, tasks=["mlm", "itm"], weights=[3, 1], lengths=lengths)
     batches = list(sampler)
     assert len(batches) == len(sampler) == 40
-    assert sorted(i for b in batches for i, _, _ in b) == list(range(400))
+    assert sorted(key[0] for b in batches for key in b) == list(range(400))
     tasks = [b[0][1] for b in batches]
-    assert all(len({t for _, t, _ in b}) == 1 for b in batches)
+    assert all(len({key[1] for key in b}) == 1 for b in batches)
     assert 0.55 < tasks.count("mlm") / 40 < 0.95
-    spread = np.mean([np.ptp([lengths[i] for i, _, _ in b]) for b in batches])
+    spread = np.mean([np.ptp([lengths[key[0]] for key in b]) for b in batches])
     assert spread < 8  # bucketing keeps similar lengths together (unbucketed spread is ~30)
+    # training keys carry their batch's position: (index, task, epoch, batch_in_epoch)
+    assert all(key[2:] == (0, position) for position, b in enumerate(batches) for key in b)
     sampler.sampler.set_epoch(1)
     epoch1 = list(sampler)
-    assert epoch1 != batches and all(key[2] == 1 for b in epoch1 for key in b)
+    assert epoch1 != batches and all(key[2:] == (1, position) for position, b in enumerate(epoch1) for key in b)
     resumed = TaskBatchSampler(EpochSampler(400, seed=1), 10, False, tasks=["mlm", "itm"], weights=[3, 1], lengths=lengths, resume_epoch=1, resume_batches=7)
     resumed.sampler.set_epoch(1)
-    assert list(resumed) == epoch1[7:]
+    assert list(resumed) == epoch1[7:]  # positions still count from the epoch's start
     every = TaskBatchSampler(EpochSampler(25, shuffle=False), 10, False, tasks=["mlm", "itm"], every_task=True)
     assert len(list(every)) == len(every) == 6
     first = list(every)
     every.sampler.set_epoch(3)
-    assert list(every) == first and all(key[2] == 0 for b in first for key in b)  # fixed validation examples
+    assert list(every) == first and all(key[2] == 0 and len(key) == 3 for b in first for key in b)  # fixed validation examples
+
+
+def test_resumed_batch_sampler_starts_where_the_run_stopped_before_its_epoch_is_set():
+    """Lightning makes a resumed run's first iterator before it sets the sampler's epoch: the
+    sampler goes to the resume epoch itself; after a whole epoch, the resumed run starts the next."""
+    def make(**resume):
+        return TaskBatchSampler(EpochSampler(100, seed=2), 10, False, tasks=["mlm", "itm"], **resume)
+
+    straight = make()
+    epochs = []
+    for epoch in range(3):
+        straight.sampler.set_epoch(epoch)
+        epochs.append(list(straight))
+    assert list(make(resume_epoch=1, resume_batches=4)) == epochs[1][4:]  # sampler's epoch never set
+    end_of_epoch = make(resume_epoch=1, resume_batches=10)
+    assert list(end_of_epoch) == epochs[2] and end_of_epoch.sampler.epoch == 2
+    later = make(resume_epoch=1, resume_batches=4)
+    later.sampler.set_epoch(2)  # the epochs after the resumed one are whole
+    assert list(later) == epochs[2]
+    assert list(make(resume_epoch=0, resume_batches=0)) == epochs[0]
+
+
+def test_training_keys_put_their_position_in_the_batch_only(dataset_parts):
+    pairs, store, tokenizer = dataset_parts
+    dataset = PretrainDataset(pairs, store, tokenizer, Objectives(), max_regions=5)
+    keys = [(i, "mlm", 2, 9) for i in range(4)]
+    batch = collate_pretrain(dataset.__getitems__(keys), tokenizer.pad_token_id)
+    assert batch["epoch"] == 2 and batch["batch_in_epoch"] == 9
+    one_by_one = collate_pretrain([dataset[key] for key in keys], tokenizer.pad_token_id)
+    plain = collate_pretrain([dataset[key[:3]] for key in keys], tokenizer.pad_token_id)  # the examples are the same
+    assert "epoch" not in plain and "batch_in_epoch" not in plain
+    assert plain.keys() | {"epoch", "batch_in_epoch"} == batch.keys() == one_by_one.keys()
+    for name in plain:
+        assert plain[name] == batch[name] if isinstance(plain[name], str) else torch.equal(plain[name], batch[name]), name
+    assert "epoch" not in collate_pretrain([dataset[i] for i in range(3)], tokenizer.pad_token_id)  # int keys

@@ -79,3 +79,24 @@ def test_missing_features_are_listed(tmp_path):
     split = load_karpathy(path, ["train", "restval"])
     with pytest.raises(FeatureStoreError, match=r"1 image id\(s\) used by .*dataset_toy.json \[train\+restval\].*: 11"):
         split.check_features(store)
+
+
+def test_training_keys_put_their_position_in_the_batch_only(tiny_world):
+    import torch
+
+    from vlbert.tasks.retrieval.datamodule import RetrievalDataModule
+
+    data = RetrievalDataModule(annotations=str(tiny_world.karpathy_json), features=str(tiny_world.features_path),
+                               tokenizer=str(tiny_world.tokenizer_dir), negative_images=2, negative_captions=2, num_workers=0)
+    data.setup("fit")
+    dataset = data.train_dataset
+    keys = [(i, "retrieval", 3, 5) for i in (0, 7, 20)]
+    batch = dataset.collate([dataset[key] for key in keys])
+    assert batch["epoch"] == 3 and batch["batch_in_epoch"] == 5
+    plain = dataset.collate([dataset[key[:3]] for key in keys])  # the same examples, without a position
+    assert plain.keys() | {"epoch", "batch_in_epoch"} == batch.keys()
+    assert all(torch.equal(plain[name], batch[name]) for name in plain)
+    assert not torch.equal(plain["negative_images"], dataset.collate([dataset[(i, "retrieval", 0)] for i in (0, 7, 20)])["negative_images"])
+    assert "epoch" not in dataset.collate([dataset[i] for i in (0, 7, 20)])  # caption indices
+    sampled = next(iter(data.train_dataloader()))
+    assert sampled["epoch"] == 0 and sampled["batch_in_epoch"] == 0

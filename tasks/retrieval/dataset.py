@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from vlbert.data.collate import length_mask, pad_stack
 from vlbert.data.regions import box_locations
+from vlbert.data.samplers import EXAMPLE_POSITION_KEY, key_position, put_batch_position
 from vlbert.featstore import FeatureStore
 
 from .data import RetrievalSplit
@@ -42,7 +43,9 @@ class RetrievalTrainDataset(Dataset):
     and ``negative_captions`` captions of other images, drawn by an RNG seeded with
     (seed, epoch, index) so an example does not depend on the worker or on resuming.
 
-    Keys are caption indices or (index, task, epoch) tuples from `TaskBatchSampler`.
+    Keys are caption indices (epoch 0), (index, task, epoch), or training keys (index, task,
+    epoch, batch_in_epoch) from `TaskBatchSampler`, whose position only travels to the batch
+    (see `collate`).
     """
 
     def __init__(
@@ -83,10 +86,13 @@ class RetrievalTrainDataset(Dataset):
         return [len(ids) for ids in self.input_ids]
 
     def __getitem__(self, key: int | tuple) -> dict:
-        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else (key[0], key[-1])
+        if isinstance(key, (int, np.integer)):
+            index, epoch = key, 0
+        else:  # (index, task, epoch[, batch_in_epoch]); (index, epoch) too
+            index, epoch = key[0], key[2] if len(key) >= 3 else key[-1]
         rng = np.random.default_rng([self.seed, epoch, index])
         image = self.split.caption_image[index]
-        return {
+        example = {
             "caption": index,
             "image": image,
             "negative_images": sample_negatives(self.split.num_images, [image], self.negative_images, rng),
@@ -94,6 +100,10 @@ class RetrievalTrainDataset(Dataset):
                 self.split.num_captions, self.split.image_captions[image], self.negative_captions, rng
             ),
         }
+        position = key_position(key)
+        if position is not None:
+            example[EXAMPLE_POSITION_KEY] = position
+        return example
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Texts and images of the batch, each loaded once, and the pairs as indices into them.
@@ -102,6 +112,11 @@ class RetrievalTrainDataset(Dataset):
         region_mask [Ni, R]; positive_text / positive_image [B]; negative_images [B, n_img]
         (rows of the batch's images, each with the positive's text); negative_texts [B, n_cap]
         (rows of the batch's texts, each with the positive's image).
+
+        Training batches (examples built from TaskBatchSampler's 4-tuple keys) also hold where
+        they stand, as plain ints: "epoch" (the epoch their keys were drawn for) and
+        "batch_in_epoch" (their index in it). They are for exact resume, not model inputs: the
+        datamodule removes them in `on_before_batch_transfer`.
         """
         captions: dict[int, int] = {}
         images: dict[int, int] = {}
@@ -115,7 +130,7 @@ class RetrievalTrainDataset(Dataset):
         negative_texts = [[slot(captions, c) for c in e["negative_captions"]] for e in examples]
         regions = [load_regions(self.store, self.split.image_ids[i], self.max_regions) for i in images]
         texts = [self.input_ids[c] for c in captions]
-        return {
+        batch = {
             "input_ids": pad_stack(texts, self.pad_token_id, torch.long),
             "text_mask": length_mask([len(t) for t in texts]),
             "region_features": pad_stack([f for f, _ in regions], 0, torch.float32),
@@ -126,6 +141,8 @@ class RetrievalTrainDataset(Dataset):
             "negative_images": torch.tensor(negative_images, dtype=torch.long).view(len(examples), self.negative_images),
             "negative_texts": torch.tensor(negative_texts, dtype=torch.long).view(len(examples), self.negative_captions),
         }
+        put_batch_position(batch, examples)
+        return batch
 
 
 class ImageBlocks(IterableDataset):

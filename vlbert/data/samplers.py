@@ -1,13 +1,56 @@
 """Samplers: an epoch-seeded shuffle, and a batch sampler that gives each batch a task,
-groups examples of similar length, and can skip the batches a resumed run already saw."""
+groups examples of similar length, and can skip the batches a resumed run already saw.
+
+Exact resume: every training key carries where its batch stands, (epoch, batch in epoch); the
+datasets pass that on to their examples (`EXAMPLE_POSITION_KEY`) and the collate functions to the
+batch (`BATCH_POSITION_KEYS`, plain ints). The datamodule takes it off each batch training
+consumes (`take_batch_position`, in its `on_before_batch_transfer` hook, which Lightning calls in
+the main process for the batch it is about to train on, never for batches DataLoader workers built
+ahead) and saves the last one in checkpoints (`consumed_state`); a resumed run's TaskBatchSampler
+starts right after it.
+"""
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, MutableMapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Sampler
+
+# In a training batch: the epoch its keys were drawn for, and its index in that epoch (0-based,
+# counted from the epoch's start also in a resumed run). Plain ints, never model inputs.
+BATCH_POSITION_KEYS = ("epoch", "batch_in_epoch")
+# In an example built from a training key: (epoch, batch_in_epoch) of the key's batch.
+EXAMPLE_POSITION_KEY = "batch_position"
+
+
+def key_position(key: Any) -> tuple[int, int] | None:
+    """(epoch, batch_in_epoch) of a training key (index, task, epoch, batch_in_epoch); None for
+    other keys (an int, or a validation key (index, task, epoch))."""
+    return (key[2], key[3]) if isinstance(key, tuple) and len(key) == 4 else None
+
+
+def put_batch_position(batch: MutableMapping, examples: Sequence[Mapping]) -> None:
+    """Give `batch` the position of its examples' batch (`BATCH_POSITION_KEYS`), if they have one."""
+    position = examples[0].get(EXAMPLE_POSITION_KEY) if examples else None
+    if position is not None:
+        batch[BATCH_POSITION_KEYS[0]], batch[BATCH_POSITION_KEYS[1]] = int(position[0]), int(position[1])
+
+
+def take_batch_position(batch: Any) -> tuple[int, int] | None:
+    """Remove and return a training batch's (epoch, batch_in_epoch); None for other batches."""
+    if not isinstance(batch, MutableMapping) or BATCH_POSITION_KEYS[1] not in batch:
+        return None
+    epoch_key, index_key = BATCH_POSITION_KEYS
+    return int(batch.pop(epoch_key)), int(batch.pop(index_key))
+
+
+def consumed_state(position: tuple[int, int]) -> dict:
+    """A datamodule's resume state once training consumed the batch at `position`: the epoch and
+    how many of its batches were consumed (TaskBatchSampler's resume_epoch / resume_batches)."""
+    epoch, index = position
+    return {"epoch": epoch, "batches": index + 1}
 
 
 class EpochSampler(Sampler[int]):
@@ -34,7 +77,8 @@ class EpochSampler(Sampler[int]):
 
 
 class TaskBatchSampler(BatchSampler):
-    """Yields batches of (example index, task, epoch) keys.
+    """Yields batches of (example index, task, epoch, batch_in_epoch) keys (every_task:
+    (example index, task, epoch); validation batches have no position).
 
     tasks/weights: one task drawn per batch with probability proportional to its weight
       (a single task, e.g. "mix", gives every batch that task);
@@ -42,7 +86,10 @@ class TaskBatchSampler(BatchSampler):
       every metric on the same examples each time);
     lengths: when given, indices are grouped `bucket_batches` batches at a time and sorted by
       length inside the group, so padding stays small; batch order is then shuffled;
-    resume_epoch/resume_batches: skip the batches of that epoch a checkpointed run already consumed.
+    resume_epoch/resume_batches: skip the batches of that epoch a checkpointed run already consumed
+      (all of them: start the next epoch). Lightning creates a resumed run's first iterator
+      before it sets the sampler's epoch, so an iterator made while the sampler's epoch is still
+      before the resume position moves it there first (`set_epoch`, which Lightning then repeats).
     """
 
     def __init__(
@@ -91,19 +138,36 @@ class TaskBatchSampler(BatchSampler):
             batches = [b for b in batches if len(b) == self.batch_size]
         return batches
 
-    def __iter__(self) -> Iterator[list[tuple[int, str, int]]]:
+    def _resume_position(self) -> tuple[int, int]:
+        """(epoch, batches to skip) where the resumed run goes on: after a whole epoch, the next one."""
+        if self.resume_batches >= len(self):
+            return self.resume_epoch + 1, 0
+        return self.resume_epoch, self.resume_batches
+
+    def __iter__(self) -> Iterator[list[tuple]]:
         # Validation (every_task) always builds epoch 0's examples: the same masks and negatives
         # at every evaluation, so held-out metrics are comparable across a run.
-        epoch = 0 if self.every_task else self.epoch
+        if self.every_task:
+            epoch, skip = 0, 0
+        else:
+            epoch, skip = self.epoch, 0
+            if self.resume_epoch >= 0:
+                resume_epoch, resume_skip = self._resume_position()
+                if epoch < resume_epoch and hasattr(self.sampler, "set_epoch"):
+                    self.sampler.set_epoch(resume_epoch)
+                    epoch = self.epoch
+                if epoch == resume_epoch:
+                    skip = resume_skip
         rng = np.random.default_rng([self.seed, epoch])
         batches = self._index_batches(rng)
         if self.every_task:
             keyed = [[(i, task, epoch) for i in batch] for task in self.tasks for batch in batches]
         else:
             chosen = rng.choice(len(self.tasks), size=len(batches), p=self.probs)
-            keyed = [[(i, self.tasks[t], epoch) for i in batch] for batch, t in zip(batches, chosen)]
-        skip = self.resume_batches if epoch == self.resume_epoch else 0
-        return iter(keyed[skip:])
+            keyed = [
+                [(i, self.tasks[chosen[b]], epoch, b) for i in batches[b]] for b in range(skip, len(batches))
+            ]
+        return iter(keyed)
 
     def __len__(self) -> int:
         n = len(self.sampler)

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vlbert.data.annotations import load_pairs
-from vlbert.data.samplers import EpochSampler, TaskBatchSampler
+from vlbert.data.samplers import EpochSampler, TaskBatchSampler, consumed_state, take_batch_position
 from vlbert.data.tokenizer import load_tokenizer
 from vlbert.featstore import FeatureStore, FeatureStoreError
 from vlbert.pretraining.dataset import PretrainDataset, collate_pretrain
@@ -121,11 +121,20 @@ class PretrainDataModule(L.LightningDataModule):
         return self._loader("val", train=False) if "val" in self.datasets else []
 
     # Exact resume: remember how far into its epoch the run was, and skip those batches.
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Lightning calls this in the main process for each batch it is about to use, after the
+        DataLoader's workers (which read ahead); training batches carry their position, which is
+        taken off here (it is no model input) and kept as the last batch training consumed."""
+        position = take_batch_position(batch)
+        if position is not None and (self.trainer is None or self.trainer.training):
+            self._consumed = consumed_state(position)
+        return batch
+
     def state_dict(self) -> dict:
-        trainer = self.trainer
-        if trainer is None:
-            return {}
-        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.ready}
+        """{"epoch": e, "batches": batches of epoch e consumed}, of the last training batch
+        consumed (or of the checkpoint this run resumed from); {} before any."""
+        return dict(getattr(self, "_consumed", None) or {})
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = state or None
+        self._consumed = dict(state) if state else None

@@ -2,6 +2,10 @@
 
 Every random choice for an example comes from an RNG seeded by (seed, epoch, index, task),
 so an example is the same whichever worker builds it and whether or not the run was resumed.
+
+Keys: an example index (task "mix", epoch 0), (index, task, epoch), or a training key (index,
+task, epoch, batch_in_epoch) from `TaskBatchSampler`, whose position only travels to the batch
+(see `collate_pretrain`) and changes nothing in the example.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from torch.utils.data import Dataset
 from vlbert.data.annotations import CaptionPair
 from vlbert.data.collate import cat_rows, collate_inputs, fresh_memory_is_zeroed, new_tensors, pad_stack, torch_dtype
 from vlbert.data.regions import box_locations
+from vlbert.data.samplers import EXAMPLE_POSITION_KEY, key_position, put_batch_position
 from vlbert.featstore import FeatureStore, RegionRecord
 from vlbert.pretraining.masking import IGNORE_INDEX, mask_regions, mask_tokens
 from vlbert.pretraining.objectives import REGION_TASKS, TASKS, Objectives
@@ -31,6 +36,7 @@ class _Plan:
     mask_text: bool
     mask_image: bool
     image_id: str
+    position: tuple[int, int] | None  # (epoch, batch_in_epoch) of a training key
 
 
 class BatchExamples(list):
@@ -76,11 +82,11 @@ class PretrainDataset(Dataset):
     def text_lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
-    def __getitem__(self, key: tuple[int, str, int] | int) -> dict:
+    def __getitem__(self, key: tuple[int, str, int] | tuple[int, str, int, int] | int) -> dict:
         plan = self._plan(key)
         return self._example(plan, self.store[plan.image_id])
 
-    def __getitems__(self, keys: Sequence[tuple[int, str, int] | int]) -> list[dict]:
+    def __getitems__(self, keys: Sequence[tuple[int, str, int] | tuple[int, str, int, int] | int]) -> list[dict]:
         """[dataset[key] for key in keys], with the batch's region features read from the file
         straight into one padded tensor (in a DataLoader worker, shared memory) that
         `collate_pretrain` takes as it is: one copy of the features instead of two. Images the
@@ -101,9 +107,9 @@ class PretrainDataset(Dataset):
         examples.region_features = features
         return examples
 
-    def _plan(self, key: tuple[int, str, int] | int) -> "_Plan":
+    def _plan(self, key: tuple[int, str, int] | tuple[int, str, int, int] | int) -> "_Plan":
         """The example's random choices up to which image it reads."""
-        index, task, epoch = (key, "mix", 0) if isinstance(key, int) else key
+        index, task, epoch = (key, "mix", 0) if isinstance(key, int) else key[:3]
         rng = np.random.default_rng([self.seed, epoch, index, TASK_CODES[task]])
         pair = self.pairs[index]
         objectives = self.objectives
@@ -123,7 +129,7 @@ class PretrainDataset(Dataset):
                 itm_label = int(rng.random() >= objectives.itm_negative_prob)
             mask_text, mask_image = role == "text", role == "image"
         image_id = pair.image_id if itm_label != 0 else self._negative_image(pair.image_id, rng)
-        return _Plan(index, task, rng, itm_label, mask_text, mask_image, image_id)
+        return _Plan(index, task, rng, itm_label, mask_text, mask_image, image_id, key_position(key))
 
     def _example(self, plan: "_Plan", record: RegionRecord) -> dict:
         """The example, from its plan and its image's record (whose arrays it may modify)."""
@@ -161,6 +167,8 @@ class PretrainDataset(Dataset):
             example["region_labels"] = labels[: self.max_regions][region_masked]
         if record.class_probs is not None:
             example["region_probs"] = record.class_probs[: self.max_regions][region_masked]
+        if plan.position is not None:
+            example[EXAMPLE_POSITION_KEY] = plan.position
         return example
 
     def _negative_image(self, image_id: str, rng: np.random.Generator) -> str:
@@ -179,7 +187,12 @@ def collate_pretrain(examples: list[dict], pad_token_id: int = 0) -> dict:
     step needs no data-dependent shapes on the device (each would be a host-device sync):
     mlm_index [K] and region_index [M] index the model's output rows [B * (T + R)] (text first),
     with mlm_targets [K] the masked tokens; itm_index [J] indexes the examples with an ITM label,
-    itm_targets [J] those labels."""
+    itm_targets [J] those labels.
+
+    Training batches (examples built from TaskBatchSampler's 4-tuple keys) also hold where they
+    stand, as plain ints: "epoch" (the epoch their keys were drawn for) and "batch_in_epoch" (their
+    index in it). They are for exact resume, not model inputs: the datamodule removes them in
+    `on_before_batch_transfer`."""
     batch_size = len(examples)
     text_len = max(len(e["mlm_labels"]) for e in examples)
     regions = max(len(e["region_masked"]) for e in examples)
@@ -217,4 +230,5 @@ def collate_pretrain(examples: list[dict], pad_token_id: int = 0) -> dict:
         cat_rows(arrays, out=batch[key])
     tasks = {e["task"] for e in examples}
     batch["task"] = tasks.pop() if len(tasks) == 1 else "mix"
+    put_batch_position(batch, examples)
     return batch
