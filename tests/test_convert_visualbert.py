@@ -15,6 +15,7 @@ from vlbert.data.tokenizer import build_word_tokenizer
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.model import VLBertForPretraining, VLBertModel
 from vlbert.modeling.pretrained import load_pretrained, load_submodule_state
+from vlbert.training.export import write_model_directory
 
 VOCAB, HIDDEN, FEATURE_DIM, NUM_ANSWERS = 120, 32, 12, 7
 ATOL = 1e-5  # float32 round-off; measured differences are ~1e-6
@@ -97,14 +98,15 @@ def test_visualbert_model_encoder_outputs_match(tmp_path, tokenizer, capsys):
     with torch.no_grad():
         got = model(input_ids, text_mask, features, None, region_mask)
     valid = torch.cat([text_mask, region_mask], dim=1)
-    seq, pooled = max_diff(got.sequence_output, expected.last_hidden_state, valid), max_diff(got.pooled_output, expected.pooler_output)
+    seq, pooled = max_diff(got.last_hidden_state, expected.last_hidden_state, valid), max_diff(got.pooler_output, expected.pooler_output)
     print(f"VisualBertModel: max |diff| sequence {seq:.2e} pooled {pooled:.2e}")
     assert seq < ATOL and pooled < ATOL
     assert (tmp_path / "dst" / "tokenizer_config.json").exists()  # the tokenizer found in SRC travels along
     report = json.loads((tmp_path / "dst" / "conversion.json").read_text())
-    # every tensor converted, plus the masked-region vector VisualBERT has no counterpart of (starts new)
-    assert report["unconverted"] == {} and report["num_converted"] == len(state) - 1
-    assert "vlbert.region_embeddings.mask_embedding" in state
+    # every tensor converted; the masked-region vector VisualBERT has no counterpart of is not
+    # written (as if converted): it starts new when the directory is loaded
+    assert report["unconverted"] == {} and report["num_converted"] == len(state)
+    assert "vlbert.region_embeddings.mask_embedding" not in state
 
 
 def test_visualbert_pretraining_heads_match(tmp_path, tokenizer, tokenizer_dir):
@@ -114,13 +116,14 @@ def test_visualbert_pretraining_heads_match(tmp_path, tokenizer, tokenizer_dir):
     config, state = load_pretrained(tmp_path / "dst")
     model = VLBertForPretraining(config).eval()
     missing = load_submodule_state(model, state, "", strict=True)
-    assert missing and all(key.startswith("mrfr_head.") for key in missing)  # VisualBERT has no region regression
+    # VisualBERT has no region regression and no masked-region vector
+    assert missing and all(key.startswith("mrfr_head.") or key == "vlbert.region_embeddings.mask_embedding" for key in missing)
     input_ids, text_mask, features, region_mask = inputs(1)
     expected = hf_outputs(hf, input_ids, text_mask, features, region_mask)
     with torch.no_grad():
         out = model.vlbert(input_ids, text_mask, features, None, region_mask)
-        mlm = model.mlm_head(out.sequence_output[:, : input_ids.shape[1]])
-        itm = model.itm_head(out.pooled_output)
+        mlm = model.mlm_head(out.last_hidden_state[:, : input_ids.shape[1]])
+        itm = model.itm_head(out.pooler_output)
     mlm_diff = max_diff(mlm, expected.prediction_logits[:, : input_ids.shape[1]], text_mask)
     # VisualBERT's class 0 is "matched"; vlbert's index 1 is: the converter swaps the rows.
     itm_diff = max_diff(itm, expected.seq_relationship_logits.flip(-1))
@@ -147,7 +150,7 @@ def test_visualbert_vqa_head_matches(tmp_path, tokenizer):
     expected = hf_outputs(hf, input_ids, text_mask, features, region_mask)
     with torch.no_grad():
         out = encoder(input_ids, text_mask, features, None, region_mask)
-        logits = head(out.sequence_output, out.pooled_output, text_mask)
+        logits = head(out.last_hidden_state, out.pooler_output, text_mask)
     diff = max_diff(logits, expected.logits)
     print(f"VisualBertForQuestionAnswering: max |diff| answer logits {diff:.2e}")
     assert diff < ATOL
@@ -158,7 +161,7 @@ def random_vlbert(tmp_path, tokenizer, **overrides):
                           intermediate_size=64, max_position_embeddings=24, region_feature_dim=FEATURE_DIM,
                           **{"region_embedding": "visualbert", "region_location_dim": 0, **overrides})
     model = perturb(VLBertForPretraining(config), seed=4)
-    model.save_pretrained(tmp_path / "vlbert", tokenizer=tokenizer)
+    write_model_directory(tmp_path / "vlbert", model, tokenizer)
     return model, tmp_path / "vlbert"
 
 
@@ -171,10 +174,10 @@ def test_round_trip_vlbert_visualbert_vlbert(tmp_path, tokenizer, capsys):
     expected = hf_outputs(hf, input_ids, text_mask, features, region_mask)
     with torch.no_grad():
         out = model.vlbert(input_ids, text_mask, features, None, region_mask)
-        itm = model.itm_head(out.pooled_output)
-        mlm = model.mlm_head(out.sequence_output[:, : input_ids.shape[1]])
+        itm = model.itm_head(out.pooler_output)
+        mlm = model.mlm_head(out.last_hidden_state[:, : input_ids.shape[1]])
     valid = torch.cat([text_mask, region_mask], dim=1)
-    diffs = (max_diff(out.sequence_output, expected.hidden_states[-1], valid),
+    diffs = (max_diff(out.last_hidden_state, expected.hidden_states[-1], valid),
              max_diff(itm, expected.seq_relationship_logits.flip(-1)),
              max_diff(mlm, expected.prediction_logits[:, : input_ids.shape[1]], text_mask))
     print("vlbert -> VisualBertForPreTraining: max |diff| sequence %.2e ITM %.2e MLM %.2e" % diffs)
@@ -184,10 +187,10 @@ def test_round_trip_vlbert_visualbert_vlbert(tmp_path, tokenizer, capsys):
     assert convert("--from", "visualbert", tmp_path / "hf", "--out", tmp_path / "back") == 0
     _, before = load_pretrained(src)
     _, after = load_pretrained(tmp_path / "back")
-    assert set(after) == set(before) - {k for k in before if k.startswith("mrfr_head.")}
+    # the region regression head and the masked-region vector have no place in VisualBERT
+    assert set(after) == set(before) - {k for k in before if k.startswith("mrfr_head.")} - {"vlbert.region_embeddings.mask_embedding"}
     for key, value in after.items():
-        if key != "vlbert.region_embeddings.mask_embedding":  # pretraining-only, no place in VisualBERT
-            assert torch.equal(value, before[key]), key
+        assert torch.equal(value, before[key]), key
 
 
 def test_round_trip_visualbert_vqa(tmp_path):
@@ -288,12 +291,23 @@ def test_legacy_pytorch_bin_with_tied_copies_and_buffers(tmp_path):
     assert convert("--from", "visualbert", src, "--out", tmp_path / "dst2") == 2
 
 
-def test_visualbert_vqa_head_is_not_mistaken_for_vlbert_vqa_head(tmp_path):
-    """The VQA task's pooled-output head must refuse a converted token_linear head, not load it."""
-    vqa_model = pytest.importorskip("vlbert.tasks.vqa.model")
-    save_visualbert(perturb(VisualBertForQuestionAnswering(hf_config()), seed=11), tmp_path / "src")
+def test_converted_visualbert_vqa_loads_as_vlbert_vqa_model(tmp_path):
+    """VLBertForVQA reads a converted VisualBERT VQA directory (token_linear head, answers in its
+    config) through transformers' Auto class and gives VisualBERT's answer logits."""
+    from transformers import AutoModelForVisualQuestionAnswering
+
+    from vlbert import VLBertForVQA
+
+    hf = perturb(VisualBertForQuestionAnswering(hf_config()), seed=11)
+    save_visualbert(hf, tmp_path / "src")
     answers = tmp_path / "answers.json"
     answers.write_text(json.dumps([f"a{i}" for i in range(NUM_ANSWERS)]))
     assert convert("--from", "visualbert", tmp_path / "src", "--out", tmp_path / "dst", "--answers", answers) == 0
-    with pytest.raises(ValueError, match="token_linear"):
-        vqa_model.VLBertForVQA.from_pretrained(tmp_path / "dst")
+    model = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "dst").eval()
+    assert type(model) is VLBertForVQA and model.config.vqa_head_style == "token_linear"
+    assert model.answers == [f"a{i}" for i in range(NUM_ANSWERS)]
+    input_ids, text_mask, features, region_mask = inputs(2)
+    expected = hf_outputs(hf, input_ids, text_mask, features, region_mask)
+    with torch.no_grad():
+        logits = model(input_ids, text_mask, features, None, region_mask).logits
+    assert max_diff(logits, expected.logits) < ATOL

@@ -1,12 +1,14 @@
-"""Model shapes, padding masks, HF BERT weight loading and save/load round trips."""
+"""Model shapes, padding masks, HF BERT weight loading, save/load round trips and the Auto classes."""
+import json
+
 import pytest
 import torch
-from transformers import BertConfig, BertForPreTraining, BertModel
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, BertConfig, BertForPreTraining, BertModel
 
 from tiny import tiny_config
-from vlbert.modeling.config import VLBertConfig
-from vlbert.modeling.model import VLBertForPretraining, VLBertModel
-from vlbert.modeling.pretrained import load_bert_into
+from vlbert import VLBertConfig, VLBertForPretraining, VLBertModel
+from vlbert.modeling.pretrained import load_bert_into, load_pretrained
+from vlbert.training.export import write_model_directory
 
 
 def random_inputs(batch=3, text=7, regions=5, dim=64, seed=0):
@@ -24,8 +26,8 @@ def random_inputs(batch=3, text=7, regions=5, dim=64, seed=0):
 def test_output_shapes(style):
     model = VLBertModel(tiny_config(region_embedding=style)).eval()
     out = model(**random_inputs())
-    assert out.sequence_output.shape == (3, 12, 32)
-    assert out.pooled_output.shape == (3, 32)
+    assert out.last_hidden_state.shape == (3, 12, 32)
+    assert out.pooler_output.shape == (3, 32)
 
 
 def test_padding_does_not_change_real_positions():
@@ -46,9 +48,9 @@ def test_padding_does_not_change_real_positions():
             region_locations=inputs["region_locations"][1:, :4],
             region_mask=inputs["region_mask"][1:, :4],
         )
-    real = torch.cat([batched.sequence_output[1, :5], batched.sequence_output[1, 9:13]])
-    torch.testing.assert_close(real, alone.sequence_output[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(batched.pooled_output[1], alone.pooled_output[0], atol=1e-5, rtol=1e-5)
+    real = torch.cat([batched.last_hidden_state[1, :5], batched.last_hidden_state[1, 9:13]])
+    torch.testing.assert_close(real, alone.last_hidden_state[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched.pooler_output[1], alone.pooler_output[0], atol=1e-5, rtol=1e-5)
 
 
 def test_gradient_checkpointing_gives_same_outputs_and_grads():
@@ -57,8 +59,8 @@ def test_gradient_checkpointing_gives_same_outputs_and_grads():
     ckpt = VLBertModel(tiny_config(gradient_checkpointing=True)).train()
     ckpt.load_state_dict(plain.state_dict())
     inputs = random_inputs()
-    plain(**inputs).pooled_output.sum().backward()
-    ckpt(**inputs).pooled_output.sum().backward()
+    plain(**inputs).pooler_output.sum().backward()
+    ckpt(**inputs).pooler_output.sum().backward()
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
@@ -75,9 +77,9 @@ def test_masked_regions_take_the_learned_mask_vector(style):
     zeroed = {**inputs, "region_features": inputs["region_features"].masked_fill(masked[..., None], 0.0)}
     replaced = {**inputs, "region_features": torch.where(masked[..., None], model.region_embeddings.mask_embedding.detach(), inputs["region_features"])}
     with torch.no_grad():
-        got = model(**zeroed, region_masked=masked).sequence_output
-        expected = model(**replaced).sequence_output
-        unmasked = model(**inputs).sequence_output
+        got = model(**zeroed, region_masked=masked).last_hidden_state
+        expected = model(**replaced).last_hidden_state
+        unmasked = model(**inputs).last_hidden_state
     torch.testing.assert_close(got, expected)
     assert not torch.allclose(got, unmasked)
 
@@ -95,7 +97,7 @@ def test_masked_regions_keep_region_gradients_finite_in_scale():
     for case, kwargs in (("unmasked", inputs), ("zeroed", zeroed), ("mask vector", {**zeroed, "region_masked": masked})):
         torch.manual_seed(1)
         model = VLBertModel(tiny_config())
-        out = model(**kwargs).sequence_output[:, 7:][masked]
+        out = model(**kwargs).last_hidden_state[:, 7:][masked]
         target = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
         (out * target).sum().backward()  # a loss on the masked regions, as MRM has
         norms[case] = model.region_embeddings.feature_proj.bias.grad.norm().item()
@@ -111,8 +113,8 @@ def test_wrong_feature_dimension_is_a_clear_error():
 
 
 def test_config_rejects_unknown_keys_and_bad_values():
-    with pytest.raises(ValueError, match="unknown VLBertConfig key"):
-        VLBertConfig.from_dict({"hidden_size": 32, "hiden_layers": 2})
+    with pytest.raises(ValueError, match=r"unknown model setting\(s\) \['hiden_layers'\]"):
+        VLBertConfig.from_settings({"hidden_size": 32, "hiden_layers": 2})
     with pytest.raises(ValueError, match="multiple of num_attention_heads"):
         VLBertConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="region_embedding"):
@@ -138,8 +140,8 @@ def test_hf_bert_checkpoint_loads_and_matches_text_only(tmp_path, source):
         ref = bert(input_ids=inputs["input_ids"], attention_mask=inputs["text_mask"].long())
         ours = model.vlbert(**inputs)
         mask = inputs["text_mask"]
-        torch.testing.assert_close(ours.sequence_output[mask], ref.last_hidden_state[mask], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(ours.pooled_output, ref.pooler_output, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours.last_hidden_state[mask], ref.last_hidden_state[mask], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours.pooler_output, ref.pooler_output, atol=1e-5, rtol=1e-4)
         if source is BertForPreTraining:  # the MLM and NSP heads carry over too
             positions = torch.tensor([[0, 1], [1, 2], [2, 3]])
             hidden = ref.last_hidden_state[positions[:, 0], positions[:, 1]]
@@ -157,22 +159,49 @@ def test_bert_checkpoint_with_other_sizes_is_refused(tmp_path):
 def test_save_and_load_round_trip(tmp_path, tiny_tokenizer):
     torch.manual_seed(0)
     model = VLBertForPretraining(tiny_config()).eval()
-    model.save_pretrained(tmp_path / "m", tiny_tokenizer, {"feature_dim": 64, "num_classes": 36, "provenance": {}})
+    write_model_directory(tmp_path / "m", model, tiny_tokenizer, {"feature_dim": 64, "num_classes": 36, "provenance": {}})
     assert {p.name for p in (tmp_path / "m").iterdir()} >= {"config.json", "model.safetensors", "features.json", "tokenizer_config.json"}
     loaded = VLBertForPretraining.from_pretrained(tmp_path / "m").eval()
     encoder = VLBertModel.from_pretrained(tmp_path / "m").eval()
     inputs = random_inputs()
     with torch.no_grad():
         expected = model.vlbert(**inputs)
-        torch.testing.assert_close(loaded.vlbert(**inputs).sequence_output, expected.sequence_output)
-        torch.testing.assert_close(encoder(**inputs).pooled_output, expected.pooled_output)
-    # the tied decoder really is the word embedding after loading
+        torch.testing.assert_close(loaded.vlbert(**inputs).last_hidden_state, expected.last_hidden_state)
+        torch.testing.assert_close(encoder(**inputs).pooler_output, expected.pooler_output)
+    # the tied decoder really is the word embedding after loading, and is stored once
     assert loaded.mlm_head._tied[0] is loaded.vlbert.text_embeddings.word_embeddings
+    assert not any("decoder" in key for key in load_pretrained(tmp_path / "m")[1])
 
 
-def test_from_pretrained_errors(tmp_path):
+def test_transformers_auto_classes_read_vlbert_directories(tmp_path):
+    """After `import vlbert`, AutoConfig / AutoModel / AutoModelForPreTraining know model_type "vlbert"."""
+    torch.manual_seed(0)
+    model = VLBertForPretraining(tiny_config()).eval()
+    model.save_pretrained(tmp_path / "m")
+    config = AutoConfig.from_pretrained(tmp_path / "m")
+    assert type(config) is VLBertConfig and config.settings() == tiny_config().settings()
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["architectures"] == ["VLBertForPretraining"]
+    encoder = AutoModel.from_pretrained(tmp_path / "m").eval()
+    pretraining = AutoModelForPreTraining.from_pretrained(tmp_path / "m").eval()
+    assert type(encoder) is VLBertModel and type(pretraining) is VLBertForPretraining
+    inputs = random_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(**inputs).last_hidden_state, model.vlbert(**inputs).last_hidden_state)
+        torch.testing.assert_close(pretraining(**inputs).pooler_output, model(**inputs).pooler_output)
+
+
+def test_gradient_checkpointing_is_a_setting_that_survives_save_and_load(tmp_path):
+    model = VLBertModel(tiny_config(gradient_checkpointing=True))
+    assert model.encoder.gradient_checkpointing and model.config.gradient_checkpointing
+    model.save_pretrained(tmp_path)
+    assert VLBertModel.from_pretrained(tmp_path).encoder.gradient_checkpointing
+    model.gradient_checkpointing_disable()
+    assert not model.encoder.gradient_checkpointing and not model.config.gradient_checkpointing
+
+
+def test_load_pretrained_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory"):
-        VLBertModel.from_pretrained(tmp_path / "missing")
+        load_pretrained(tmp_path / "missing")
     tmp_path.joinpath("config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        VLBertModel.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)

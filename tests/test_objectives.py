@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from vlbert.pretraining.objectives import Objectives, itm_loss, mlm_loss, mrc_kl_loss, mrc_loss, mrfr_loss
+from vlbert.modeling.losses import itm_loss, mlm_loss, mrc_kl_loss, mrc_loss, mrfr_loss
+from vlbert.pretraining.objectives import Objectives
 
 
 def test_mlm_loss_and_accuracy_by_hand():

@@ -86,7 +86,7 @@ def test_missing_feature_ids_fail_before_training(tiny_world, tmp_path):
 
 def test_wrong_feature_dimension_fails_before_training(tiny_world, tmp_path):
     args = tiny_pretrain_args(tiny_world, tmp_path, **{"model.model.region_feature_dim": 2048, "trainer.max_steps": 2})
-    with pytest.raises(FeatureStoreError, match="64-d region features but model.region_feature_dim expects 2048"):
+    with pytest.raises(FeatureStoreError, match="64-d region features but model.model.region_feature_dim expects 2048"):
         vlbert(["pretrain", "fit", *args])
 
 

@@ -1,5 +1,6 @@
 """`vlbert retrieval` end to end on the synthetic world: fit, test, score dumps, DDP sharding, bad input."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,7 @@ import torch
 from tiny import tiny_config
 from vlbert.cli import main as vlbert
 from vlbert.featstore import FeatureStore, FeatureStoreError, FeatureWriter
-from vlbert.modeling.model import VLBertForPretraining, VLBertModel
-from vlbert.modeling.pretrained import save_pretrained
+from vlbert import VLBertForPretraining, VLBertModel
 from vlbert.tasks.retrieval.datamodule import RetrievalDataModule
 from vlbert.tasks.retrieval.metric import retrieval_recall
 from vlbert.tasks.retrieval.module import RetrievalModule
@@ -76,22 +76,41 @@ def test_export_of_a_checkpoint_equals_the_export_at_the_end_of_fit(fitted, tmp_
     RetrievalModule(init_from=str(tmp_path / "exported"))  # loads as a retrieval model again
 
 
-def test_export_names_the_weights_a_checkpoint_lacks(fitted, tmp_path):
+def test_export_names_the_weights_a_checkpoint_lacks(fitted, tmp_path, capsys):
     (checkpoint_path,) = (fitted.parent / "checkpoints").glob("*.ckpt")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    del checkpoint["state_dict"]["itm_head.classifier.weight"]
+    del checkpoint["state_dict"]["model.itm_head.classifier.weight"]
     torch.save(checkpoint, tmp_path / "damaged.ckpt")
-    with pytest.raises(ValueError, match=r"damaged\.ckpt lacks weights \['itm_head\.classifier\.weight'\]"):
-        vlbert(["export", "--checkpoint", str(tmp_path / "damaged.ckpt"), "--out", str(tmp_path / "out")])
+    assert vlbert(["export", "--checkpoint", str(tmp_path / "damaged.ckpt"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"damaged\.ckpt lacks weights \['itm_head\.classifier\.weight'\]", err) and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 
-def test_export_refuses_a_checkpoint_no_vlbert_command_wrote(tmp_path):
+def test_export_refuses_a_checkpoint_no_vlbert_command_wrote(tmp_path, capsys):
     path = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"linear.weight": torch.zeros(2, 2)}, "hyper_parameters": {"lr": 0.1}}, path)
-    with pytest.raises(ValueError, match=r"other\.ckpt.*`vlbert pretrain`, `vlbert vqa` or `vlbert retrieval`"):
-        vlbert(["export", "--checkpoint", str(path), "--out", str(tmp_path / "out")])
+    assert vlbert(["export", "--checkpoint", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert re.search(r"other\.ckpt.*`vlbert pretrain`, `vlbert vqa` or `vlbert retrieval`", capsys.readouterr().err)
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    assert vlbert(["export", "--checkpoint", str(tmp_path / "text.ckpt"), "--out", str(tmp_path / "out")]) == 2
+    assert "text.ckpt is not a readable PyTorch checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_dump_scores_is_never_taken_from_a_checkpoint(tiny_world, tmp_path):
+    """The reproduced defect: `retrieval test --ckpt_path C --model.dump_scores new.pt` wrote to the
+    fit run's dump_scores (LightningCLI re-applies a checkpoint's hyperparameters)."""
+    old, new = tmp_path / "old.pt", tmp_path / "new.pt"
+    args = retrieval_args(tiny_world, tmp_path / "fit", **{"trainer.max_steps": 2, "trainer.max_epochs": -1,
+                                                           "trainer.val_check_interval": 2, "trainer.enable_checkpointing": "true",
+                                                           "model.dump_scores": old, "model.export_dir": tmp_path / "export"})
+    assert vlbert(["retrieval", "fit", *args]) == 0
+    (checkpoint,) = (tmp_path / "fit").rglob("*.ckpt")
+    assert {"dump_scores", "export_dir"}.isdisjoint(torch.load(checkpoint, weights_only=True)["hyper_parameters"])
+    args = retrieval_args(tiny_world, tmp_path / "test", **{"model.dump_scores": new})
+    assert vlbert(["retrieval", "test", *args, f"--ckpt_path={checkpoint}"]) == 0
+    assert new.is_file() and not old.exists()
 
 
 def test_test_reports_recall_and_dumps_the_score_matrix(tiny_world, fitted, tmp_path, capsys):
@@ -160,11 +179,14 @@ def test_init_from_pretraining_export_keeps_its_itm_head(tmp_path):
     pretrained = VLBertForPretraining(config)
     pretrained.save_pretrained(tmp_path / "pre")
     module = RetrievalModule(init_from=str(tmp_path / "pre"))
-    torch.testing.assert_close(module.itm_head.classifier.weight, pretrained.itm_head.classifier.weight)
-    torch.testing.assert_close(module.vlbert.pooler.dense.weight, pretrained.vlbert.pooler.dense.weight)
+    torch.testing.assert_close(module.model.itm_head.classifier.weight, pretrained.itm_head.classifier.weight)
+    torch.testing.assert_close(module.model.vlbert.pooler.dense.weight, pretrained.vlbert.pooler.dense.weight)
     # an encoder-only directory: the ITM head starts new instead of failing
-    save_pretrained(tmp_path / "enc", torch.nn.ModuleDict({"vlbert": VLBertModel(config)}), config)
-    assert RetrievalModule(init_from=str(tmp_path / "enc")).itm_head.classifier.weight.shape == (2, config.hidden_size)
+    encoder = VLBertModel(config)
+    encoder.save_pretrained(tmp_path / "enc")
+    module = RetrievalModule(init_from=str(tmp_path / "enc"))
+    assert module.model.itm_head.classifier.weight.shape == (2, config.hidden_size)
+    torch.testing.assert_close(module.model.vlbert.pooler.dense.weight, encoder.pooler.dense.weight)
 
 
 def test_training_keeps_the_hardest_sampled_negatives(tiny_world):

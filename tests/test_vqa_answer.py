@@ -9,9 +9,10 @@ from tiny import tiny_config
 from vlbert.cli import main as vlbert
 from vlbert.data.tokenizer import load_tokenizer
 from vlbert.featstore import FeatureStore, read_header
+from vlbert import VLBertForVQA
+from vlbert.modeling.vqa import with_answers
 from vlbert.tasks.vqa.answer import detect_regions
-from vlbert.tasks.vqa.answers import AnswerVocab
-from vlbert.tasks.vqa.model import VLBertForVQA
+from vlbert.training.export import write_model_directory
 
 REPO = Path(__file__).resolve().parents[1]
 ANSWERS = ["yes", "no", "red", "2", "circle"]
@@ -24,8 +25,9 @@ def header_of(path):
 
 def model_dir(tmp_path, world, feature_file, feature_dim):
     out = tmp_path / "model"
-    model = VLBertForVQA(tiny_config(region_feature_dim=feature_dim), AnswerVocab(ANSWERS))
-    model.save_pretrained(out, load_tokenizer(world.tokenizer_dir), header_of(feature_file), {"max_regions": 10, "max_text_len": 20})
+    model = VLBertForVQA(with_answers(tiny_config(region_feature_dim=feature_dim), ANSWERS))
+    write_model_directory(out, model, load_tokenizer(world.tokenizer_dir), header_of(feature_file),
+                          {"vqa.json": {"max_regions": 10, "max_text_len": 20}})
     return out
 
 
@@ -56,7 +58,7 @@ def test_refusals_name_the_problem(tiny_world, tmp_path, capsys):
     assert "image 'nope' has no features" in capsys.readouterr().err
     assert vlbert(["answer", "--model", str(tmp_path), "--features", str(tiny_world.features_path), "--image-id", "1",
                    "--question", "what?"]) == 1
-    assert "model.safetensors not found" in capsys.readouterr().err
+    assert "is not a model directory (no config.json)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         vlbert(["answer", "--model", str(model), "--question", "what?"])   # neither --image nor --features
 

@@ -12,9 +12,10 @@ from vlbert.featstore import FeatureStore, FeatureStoreError, FeatureWriter
 from vlbert.modeling.model import VLBertForPretraining
 from vlbert.tasks.vqa.answers import AnswerVocab
 from vlbert.tasks.vqa.cli import VQACLI
-from vlbert.tasks.vqa.datamodule import VQADataModule
+from vlbert.tasks.vqa.datamodule import VQADataModule, vocab_from_annotations
 from vlbert.tasks.vqa.evaluate import evaluate_files
-from vlbert.tasks.vqa.module import VQAModule, export_checkpoint
+from vlbert.tasks.vqa.module import VQAModule
+from vlbert.training.export import export_checkpoint, write_model_directory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,10 +70,14 @@ def test_fit_exports_a_model_directory_and_a_self_contained_checkpoint(fitted):
     state = load_file(export / "model.safetensors")
     assert state["vqa_head.classifier.weight"].shape == (len(vocab), 64)
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    assert checkpoint["vqa_answers"]["answers"] == vocab.answers
+    assert checkpoint["vlbert_job"] == "vqa" and checkpoint["vlbert_files"]["answers.json"]["answers"] == vocab.answers
+    assert list(checkpoint["vlbert_config"]["id2label"].values()) == vocab.answers
     hparams = checkpoint["hyper_parameters"]
     assert hparams["answers"] == vocab.answers and hparams["init_from"] is None and hparams["model"]["hidden_size"] == 32
-    exported = export_checkpoint(checkpoint_path, root / "from_checkpoint")
+    assert "export_dir" not in hparams and "results_file" not in hparams
+    job, exported = export_checkpoint(checkpoint_path, root / "from_checkpoint")
+    assert job == "vqa"
+    assert json.loads((exported / "vqa.json").read_text()) == {"max_text_len": 24, "max_regions": 36}
     again = load_file(exported / "model.safetensors")
     assert all(torch.equal(again[k], state[k]) for k in state)
     # the `vlbert export` command tells a VQA checkpoint from a pretraining one
@@ -116,17 +121,39 @@ def test_test_accuracy_equals_vqa_eval_of_the_predicted_results(fitted, tiny_wor
 def test_init_from_a_pretrained_or_a_fine_tuned_directory(fitted, tiny_world, tiny_tokenizer, tmp_path):
     _, export, _ = fitted
     pretrained = VLBertForPretraining(tiny_config(hidden_size=32, intermediate_size=64))
-    pretrained.save_pretrained(tmp_path / "pretrained", tiny_tokenizer)
+    write_model_directory(tmp_path / "pretrained", pretrained, tiny_tokenizer)
     module = VQAModule(init_from=str(tmp_path / "pretrained"), answers=["yes", "no"])
     for key, value in pretrained.vlbert.state_dict().items():
-        assert torch.equal(module.vlbert.state_dict()[key], value), key
-    assert module.vqa_head.classifier.out_features == 2
+        assert torch.equal(module.model.vlbert.state_dict()[key], value), key
+    assert module.model.vqa_head.classifier.out_features == 2
     state = load_file(export / "model.safetensors")
     tuned = VQAModule(init_from=str(export))
     assert tuned.vocab == AnswerVocab.load(export / "answers.json")
-    assert torch.equal(tuned.vqa_head.classifier.weight, state["vqa_head.classifier.weight"])
-    fresh = VQAModule(init_from=str(export), load_head=False)
-    assert fresh.vocab is None and fresh.vqa_head is None   # the data will build the vocabulary
+    assert torch.equal(tuned.model.vqa_head.classifier.weight, state["vqa_head.classifier.weight"])
+    # other answers: the encoder is kept, the head starts new
+    other = VQAModule(init_from=str(export), answers=["yes", "no", "zebra"])
+    assert other.model.vqa_head.classifier.out_features == 3
+    assert torch.equal(other.model.vlbert.pooler.dense.weight, state["vlbert.pooler.dense.weight"])
+    assert not torch.equal(other.model.vqa_head.dense.weight, state["vqa_head.dense.weight"])
+    with pytest.raises(ValueError, match="no answer vocabulary"):
+        VQAModule(init_from=str(export), load_head=False)   # `vlbert vqa fit` builds one from the annotations
+
+
+def test_output_paths_are_never_taken_from_a_checkpoint(tiny_world, tmp_path):
+    """Where a run writes comes from its own command line (LightningCLI re-applies a checkpoint's
+    hyperparameters): predict from the checkpoint of a run that named a results file and an export
+    directory writes where the predict command says."""
+    first, export = tmp_path / "first.json", tmp_path / "export"
+    assert vlbert(["vqa", "fit", *vqa_args(tiny_world, tmp_path / "fit", **{
+        "model.results_file": first, "model.export_dir": export, "trainer.max_steps": 2})]) == 0
+    checkpoint_path = next((tmp_path / "fit").rglob("*.ckpt"))
+    hparams = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert "results_file" not in hparams and "export_dir" not in hparams
+    second = tmp_path / "second.json"
+    args = vqa_args(tiny_world, tmp_path / "predict", **{"model.results_file": second, "data.train_questions": "null",
+                                                         "data.train_annotations": "null"})
+    assert vlbert(["vqa", "predict", *args, f"--ckpt_path={checkpoint_path}"]) == 0
+    assert second.is_file() and not first.exists()
 
 
 def test_questions_whose_image_has_no_features_fail_before_training(tiny_world, tmp_path):
@@ -159,25 +186,24 @@ def datamodule(world, **overrides):
 
 
 def test_train_fraction_and_unanswerable_questions(tiny_world):
-    full = datamodule(tiny_world)
+    vocab = vocab_from_annotations(str(tiny_world.vqa_questions("train")), str(tiny_world.vqa_annotations("train")),
+                                   "{image_id}", min_count=2)
+    full = datamodule(tiny_world, answers=vocab)
     full.setup("fit")
-    full.vocab = full.build_vocab()
     everything = len(full.examples["train"])
     answerable = len(full.dataset("train"))
-    part = datamodule(tiny_world, train_fraction=0.1)
+    part = datamodule(tiny_world, train_fraction=0.1, answers=vocab)
     part.setup("fit")
-    part.vocab = full.vocab
     assert len(part.dataset("train")) <= round(0.1 * everything) < answerable
-    narrow = datamodule(tiny_world)
+    narrow = datamodule(tiny_world, answers=AnswerVocab(["yes", "no"]))
     narrow.setup("fit")
-    narrow.vocab = AnswerVocab(["yes", "no"])
     assert 0 < len(narrow.dataset("train")) < everything
-    kept = datamodule(tiny_world, keep_unanswerable=True)
+    kept = datamodule(tiny_world, keep_unanswerable=True, answers=AnswerVocab(["yes", "no"]))
     kept.setup("fit")
-    kept.vocab = AnswerVocab(["yes", "no"])
     assert len(kept.dataset("train")) == everything
     batch = next(iter(kept.train_dataloader()))
-    assert batch["targets"].shape == (32, 2) and set(batch) >= {"input_ids", "region_features", "index"}
+    assert batch["targets"].shape == (32, 2) and set(batch) >= {"input_ids", "region_features", "index", "examples"}
+    assert [e.question_id for e in batch["examples"]] == [kept.dataset("train").examples[i].question_id for i in batch["index"]]
 
 
 def test_data_module_argument_errors(tiny_world):

@@ -1,15 +1,21 @@
-"""The VQA head, its loss and VQA model directories, on hand-made tensors."""
+"""VLBertForVQA: its head, its loss and its model directories, on hand-made tensors."""
 import json
 import math
 
 import pytest
 import torch
 
+from transformers import AutoModelForVisualQuestionAnswering
+
 from tiny import tiny_config
-from vlbert.modeling.model import VLBertForPretraining
-from vlbert.tasks.vqa.answers import AnswerVocab
-from vlbert.tasks.vqa.model import VLBertForVQA, VQAHead, head_state_of, vqa_loss
+from vlbert import VLBertForPretraining, VLBertForVQA
+from vlbert.modeling.heads import VQAHead
+from vlbert.modeling.losses import vqa_loss
 from vlbert.modeling.pretrained import load_pretrained
+from vlbert.modeling.vqa import with_answers
+from vlbert.tasks.vqa.answer import AnswerError, load_vqa_model
+from vlbert.tasks.vqa.answers import AnswerVocab
+from vlbert.training.export import write_model_directory
 
 
 def inputs(batch=3, text=5, regions=4, dim=64):
@@ -30,7 +36,7 @@ def inputs(batch=3, text=5, regions=4, dim=64):
 def test_head_shapes_and_parameter_names():
     config = tiny_config()
     head = VQAHead(config, num_answers=7)
-    assert head(torch.randn(4, config.hidden_size)).shape == (4, 7)
+    assert head(torch.randn(4, 6, config.hidden_size), torch.randn(4, config.hidden_size), torch.ones(4, 3)).shape == (4, 7)
     shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
     hidden = config.hidden_size
     assert shapes == {
@@ -67,37 +73,53 @@ def test_loss_gradient_pushes_towards_soft_scores():
     assert logits.grad[0].tolist() == pytest.approx([-0.5, 0.2, 0.5])
 
 
-def test_model_forward_and_directory_roundtrip(tmp_path, tiny_tokenizer):
-    vocab = AnswerVocab(["yes", "no", "2", "red"])
-    model = VLBertForVQA(tiny_config(), vocab).eval()
+def vqa_config(answers=("yes", "no", "2", "red"), **overrides):
+    return with_answers(tiny_config(**overrides), list(answers))
+
+
+def test_model_forward_loss_and_directory_roundtrip(tmp_path, tiny_tokenizer):
+    model = VLBertForVQA(vqa_config()).eval()
     batch = inputs()
-    logits = model(**batch)
-    assert logits.shape == (3, 4)
-    model.save_pretrained(tmp_path / "vqa", tiny_tokenizer, {"feature_dim": 64, "num_classes": 0, "provenance": {}}, {"max_regions": 36, "max_text_len": 20, "other": 1})
-    assert json.loads((tmp_path / "vqa" / "vqa.json").read_text()) == {"max_text_len": 20, "max_regions": 36}
+    targets = torch.tensor([[1.0, 0, 0, 0], [0, 0.3, 0, 0], [0, 0, 0, 0.6]])
+    output = model(**batch, targets=targets)
+    assert output.logits.shape == (3, 4)
+    assert output.loss.item() == pytest.approx(vqa_loss(output.logits, targets).item())
+    assert model(**batch).loss is None
+    write_model_directory(tmp_path / "vqa", model, tiny_tokenizer, {"feature_dim": 64, "num_classes": 0, "provenance": {}})
     _, state = load_pretrained(tmp_path / "vqa")
     assert {k.split(".")[0] for k in state} == {"vlbert", "vqa_head"}
-    loaded = VLBertForVQA.from_pretrained(tmp_path / "vqa").eval()
-    assert loaded.vocab == vocab
-    torch.testing.assert_close(loaded(**batch), logits)
+    loaded = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "vqa").eval()
+    assert type(loaded) is VLBertForVQA and loaded.answers == ["yes", "no", "2", "red"]
+    torch.testing.assert_close(loaded(**batch).logits, output.logits)
 
 
-def test_from_pretrained_errors(tmp_path, tiny_tokenizer):
-    config = tiny_config()
-    VLBertForPretraining(config).save_pretrained(tmp_path / "pretrained", tiny_tokenizer)
-    with pytest.raises(ValueError, match="no VQA head"):
-        VLBertForVQA.from_pretrained(tmp_path / "pretrained")
-    VLBertForVQA(config, AnswerVocab(["a", "b"])).save_pretrained(tmp_path / "vqa")
-    (tmp_path / "vqa" / "answers.json").unlink()
-    with pytest.raises(FileNotFoundError, match="answers.json not found"):
-        VLBertForVQA.from_pretrained(tmp_path / "vqa")
+def test_directory_without_answers_in_its_config_reads_answers_json(tmp_path):
+    """A VQA directory exported before the answers moved into config.json still loads."""
+    model = VLBertForVQA(vqa_config(["a", "b", "c"])).eval()
+    write_model_directory(tmp_path / "old", model, files={"answers.json": AnswerVocab(["a", "b", "c"]).to_dict()})
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["id2label"], config["label2id"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = VLBertForVQA.from_pretrained(tmp_path / "old").eval()
+    assert loaded.answers == ["a", "b", "c"]
+    torch.testing.assert_close(loaded(**inputs()).logits, model(**inputs()).logits)
 
 
-def test_converted_visualbert_head_is_refused(tmp_path):
-    config = tiny_config()
-    VLBertForVQA(config, AnswerVocab(["a", "b"])).save_pretrained(tmp_path / "vb")
-    (tmp_path / "vb" / "conversion.json").write_text(json.dumps({"vqa_head": {"style": "token_linear", "num_answers": 2}}))
-    with pytest.raises(ValueError, match="token_linear"):
-        VLBertForVQA.from_pretrained(tmp_path / "vb")
-    _, state = load_pretrained(tmp_path / "vb")
-    assert head_state_of(tmp_path / "vb", state) == (None, {})   # fine-tuning starts a new head
+def test_a_directory_without_a_vqa_head_is_refused_for_answering(tmp_path, tiny_tokenizer):
+    write_model_directory(tmp_path / "pretrained", VLBertForPretraining(tiny_config()), tiny_tokenizer)
+    with pytest.raises(AnswerError, match="no VQA head"):
+        load_vqa_model(tmp_path / "pretrained")
+    with pytest.raises(AnswerError, match="not a model directory"):
+        load_vqa_model(tmp_path / "nothing")
+
+
+def test_token_linear_head_reads_the_token_before_the_final_sep():
+    """VisualBERT's VQA head style: a linear classifier on the text token before the last [SEP]."""
+    config = vqa_config(["a", "b"], vqa_head_style="token_linear")
+    model = VLBertForVQA(config).eval()
+    assert set(model.vqa_head.state_dict()) == {"classifier.weight", "classifier.bias"}
+    batch = inputs()
+    output = model.vlbert(**batch)
+    position = batch["text_mask"].sum(1) - 2
+    token = output.last_hidden_state[torch.arange(3), position]
+    torch.testing.assert_close(model(**batch).logits, model.vqa_head.classifier(token))

@@ -5,13 +5,36 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader
 
-from vlbert.data.samplers import EpochSampler, TaskBatchSampler
+from vlbert.data.samplers import EpochSampler, TaskBatchSampler, consumed_state, take_batch_position
 from vlbert.data.tokenizer import load_tokenizer
 from vlbert.featstore import FeatureStore
 
 from .data import IMAGE_ID_SOURCES, RetrievalSplit, load_split
 from .dataset import ImageBlocks, RetrievalTrainDataset, tokenize_captions
-from .scoring import CaptionBank, shard_range
+from .scoring import CaptionBank, distributed_world
+
+
+class Evaluation:
+    """What scoring a split needs besides its image blocks: the split, its captions tokenized once
+    (`CaptionBank`) and this rank's image rows. Every evaluation batch carries it (a plain object:
+    Lightning moves no tensor of it), so the model side reads nothing from the datamodule."""
+
+    def __init__(self, stage: str, split: RetrievalSplit, captions: CaptionBank, rows: range) -> None:
+        self.stage, self.split, self.captions, self.rows = stage, split, captions, rows
+
+
+class EvaluationBatches:
+    """The evaluation loader's image blocks, each with the `Evaluation` under "evaluation"."""
+
+    def __init__(self, loader: DataLoader, evaluation: Evaluation) -> None:
+        self.loader, self.evaluation = loader, evaluation
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for block in self.loader:
+            yield {**block, "evaluation": self.evaluation}
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -70,6 +93,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.splits: dict[str, RetrievalSplit] = {}
         self._banks: dict[str, CaptionBank] = {}
         self.train_dataset: RetrievalTrainDataset | None = None
+        self._stage: str | None = None
 
     # -- loading --------------------------------------------------------------------------
 
@@ -86,6 +110,7 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
+        self._stage = stage
         if self.store is None:
             self.tokenizer = load_tokenizer(hp.tokenizer)
             self.store = FeatureStore(hp.features)
@@ -112,8 +137,7 @@ class RetrievalDataModule(L.LightningDataModule):
     def eval_split(self, stage: str) -> RetrievalSplit:
         """The split a "val" or "test" loop scores (validation during fit may be cut to val_max_images)."""
         split = self._load(stage)
-        fitting = self.trainer is not None and self.trainer.state.fn == "fit"
-        return split.first_images(self.hparams.val_max_images) if stage == "val" and fitting else split
+        return split.first_images(self.hparams.val_max_images) if stage == "val" and self._stage == "fit" else split
 
     def caption_bank(self, stage: str) -> CaptionBank:
         """The eval split's captions, tokenized once and kept for later evaluations."""
@@ -124,22 +148,16 @@ class RetrievalDataModule(L.LightningDataModule):
             self._banks[key] = CaptionBank.build(ids, self.tokenizer.pad_token_id)
         return self._banks[key]
 
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def eval_rows(self, stage: str) -> range:
-        """Image rows of the eval split that this rank scores."""
-        return shard_range(self.eval_split(stage).num_images, *self._world())
-
-    def _eval_loader(self, stage: str) -> DataLoader:
+    def _eval_loader(self, stage: str) -> EvaluationBatches:
         hp = self.hparams
-        rank, world = self._world()
-        blocks = ImageBlocks(self.eval_split(stage), self.store, hp.eval_images_per_batch, hp.max_regions, rank, world)
+        rank, world = distributed_world()
+        split = self.eval_split(stage)
+        blocks = ImageBlocks(split, self.store, hp.eval_images_per_batch, hp.max_regions, rank, world)
         workers = min(hp.num_workers, len(blocks))
         # batch_size=None: the dataset yields whole blocks; an iterable dataset is never
         # re-sharded by Lightning's distributed sampler, so the rows stay `shard_range`'s.
-        return DataLoader(blocks, batch_size=None, num_workers=workers, persistent_workers=False)
+        loader = DataLoader(blocks, batch_size=None, num_workers=workers, persistent_workers=False)
+        return EvaluationBatches(loader, Evaluation(stage, split, self.caption_bank(stage), blocks.rows))
 
     # -- loaders --------------------------------------------------------------------------
 
@@ -165,18 +183,27 @@ class RetrievalDataModule(L.LightningDataModule):
             persistent_workers=hp.num_workers > 0,
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> EvaluationBatches:
         return self._eval_loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> EvaluationBatches:
         return self._eval_loader("test")
 
     # Exact resume: remember how far into its epoch the run was, and skip those batches.
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Lightning calls this in the main process for each batch it is about to use, after the
+        DataLoader's workers (which read ahead); training batches carry their position, which is
+        taken off here (it is no model input) and kept as the last batch training consumed."""
+        position = take_batch_position(batch)
+        if position is not None and (self.trainer is None or self.trainer.training):
+            self._consumed = consumed_state(position)
+        return batch
+
     def state_dict(self) -> dict:
-        trainer = self.trainer
-        if trainer is None:
-            return {}
-        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.ready}
+        """{"epoch": e, "batches": batches of epoch e consumed}, of the last training batch
+        consumed (or of the checkpoint this run resumed from); {} before any."""
+        return dict(getattr(self, "_consumed", None) or {})
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = state or None
+        self._consumed = dict(state) if state else None

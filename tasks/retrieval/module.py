@@ -1,21 +1,18 @@
-"""RetrievalModule: ITM fine-tuning with hard negatives, and all-pairs recall evaluation."""
+"""RetrievalModule: the LightningModule that fine-tunes VLBertForRetrieval with hard negatives
+and evaluates all-pairs recall (steps, logging, optimiser)."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import torch
 
-from vlbert.modeling.config import VLBertConfig
-from vlbert.modeling.heads import ITMHead
-from vlbert.modeling.model import VLBertModel, init_weights, load_encoder_state
-from vlbert.modeling.pretrained import load_bert_into, load_complete_state, load_pretrained, load_submodule_state, save_pretrained
-from vlbert.pretraining.module import Optimization, as_dataclass, build_optimizer
+from vlbert.modeling import ModelSettings, VLBertForRetrieval
+from vlbert.training.base import TrainingModule, as_dataclass, as_settings, build_model
+from vlbert.training.optim import Optimization, build_optimizer
 
 from .losses import LOSSES, ranking_loss
 from .metric import retrieval_recall
@@ -49,10 +46,13 @@ class HardNegatives:
     random_steps: int = 0
 
 
-class RetrievalModule(L.LightningModule):
+class RetrievalModule(TrainingModule):
+    job = "retrieval"
+    output_arguments = ("export_dir", "dump_scores")
+
     def __init__(
         self,
-        model: VLBertConfig = VLBertConfig(),
+        model: ModelSettings = ModelSettings(),
         bert: str | None = None,
         init_from: str | None = None,
         negatives: HardNegatives = HardNegatives(),
@@ -69,8 +69,8 @@ class RetrievalModule(L.LightningModule):
             bert: a HF BERT checkpoint (local directory) for the text embeddings and encoder;
                 its next-sentence head initialises the ITM head.
             init_from: a vlbert model directory (pretraining export, converted UNITER, or an
-                earlier retrieval export); its "vlbert.*" encoder and, when present, its
-                "itm_head.*" initialise the model.
+                earlier retrieval export); its encoder and, when present, its ITM head
+                initialise the model.
             negatives: hard-negative selection and the ranking loss.
             optimization: AdamW and learning-rate schedule.
             eval_pairs_per_batch: (image, caption) pairs per forward pass in evaluation and in
@@ -81,81 +81,27 @@ class RetrievalModule(L.LightningModule):
                 file, written by rank 0); an existing file is never overwritten.
             export_dir: when set, the fine-tuned model is saved there (save_pretrained) when fit ends.
         """
-        super().__init__()
-        model, negatives, optimization = (
-            as_dataclass(VLBertConfig, model),
-            as_dataclass(HardNegatives, negatives),
-            as_dataclass(Optimization, optimization),
-        )
+        super().__init__(export_dir)
+        negatives = as_dataclass(HardNegatives, negatives)
         if negatives.loss not in LOSSES:
             raise ValueError(f"negatives.loss must be one of {LOSSES}, got {negatives.loss!r}")
         if negatives.images < 0 or negatives.captions < 0 or negatives.images + negatives.captions == 0:
             raise ValueError("negatives.images and negatives.captions must be >= 0 and not both 0")
-        if init_from:
-            config, state = load_pretrained(init_from)
-            self._build(config, dropout)
-            load_encoder_state(self.vlbert, state, init_from)
-            if any(k.startswith("itm_head.") for k in state):
-                load_submodule_state(self.itm_head, state, "itm_head.", strict=True)
-                log.info("initialised encoder and ITM head from %s", init_from)
-            else:
-                log.info("initialised encoder from %s; the ITM head starts new", init_from)
-        elif bert:
-            region = {
-                f.name: getattr(model, f.name)
-                for f in dataclasses.fields(model)
-                if f.name.startswith("region") or f.name in ("num_region_classes", "gradient_checkpointing")
-            }
-            self._build(VLBertConfig.from_bert(bert, **region), dropout)
-            report = load_bert_into(self, bert)
-            log.info("initialised from BERT %s; new: %s", bert, report["missing"])
-        else:
-            self._build(model, dropout)
-        # fine-tuning masks no regions: the pretraining-only mask vector stays as loaded (and DDP
-        # sees no parameter without a gradient)
-        self.vlbert.region_embeddings.mask_embedding.requires_grad_(False)
+        fine_tuning = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+        self.model = build_model(VLBertForRetrieval, as_settings(model), bert, init_from, **fine_tuning)
+        self.freeze_mask_embedding()
         self.negatives = negatives
-        self.optimization = optimization
+        self.optimization = as_dataclass(Optimization, optimization)
         self.eval_pairs_per_batch = eval_pairs_per_batch
         self.dump_scores = dump_scores
-        self.export_dir = export_dir
         self._eval: dict | None = None
         self.last_metrics: dict[str, float] = {}
-        self.save_hyperparameters(
-            {
-                "model": self.config.to_dict(),
-                "bert": bert,
-                "init_from": init_from,
-                "negatives": dataclasses.asdict(negatives),
-                "optimization": dataclasses.asdict(optimization),
-                "eval_pairs_per_batch": eval_pairs_per_batch,
-                "dropout": dropout,
-                "dump_scores": dump_scores,
-                "export_dir": export_dir,
-            }
-        )
-
-    def _build(self, config: VLBertConfig, dropout: float | None) -> None:
-        if dropout is not None:
-            config = dataclasses.replace(config, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-        self.config = config
-        self.vlbert = VLBertModel(config)
-        self.itm_head = ITMHead(config)
-        self.itm_head.apply(lambda m: init_weights(m, config.initializer_range))
+        self.record_hyperparameters(bert=bert, init_from=init_from, negatives=negatives, optimization=self.optimization,
+                                    eval_pairs_per_batch=eval_pairs_per_batch, dropout=dropout)
 
     # -- checks before any work -----------------------------------------------------------
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or getattr(datamodule, "store", None) is None:
-            return
-        datamodule.store.check_feature_dim(self.config.region_feature_dim, "model.region_feature_dim")
-        if len(datamodule.tokenizer) > self.config.vocab_size:
-            raise ValueError(
-                f"the tokenizer has {len(datamodule.tokenizer)} tokens but model.vocab_size is "
-                f"{self.config.vocab_size}; set model.vocab_size: {len(datamodule.tokenizer)} or use the "
-                "tokenizer the model was trained with"
-            )
+    def check_data(self, datamodule, stage: str) -> None:
         if stage == "fit":
             sampled = datamodule.hparams
             for kind, kept, drawn in (
@@ -181,10 +127,7 @@ class RetrievalModule(L.LightningModule):
         region_mask: torch.Tensor,
     ) -> torch.Tensor:
         """ITM log-odds of "matched" for each pair: [P] (inputs as VLBertModel.forward)."""
-        locations = region_locations if self.config.region_location_dim else None
-        pooled = self.vlbert(input_ids, text_mask, region_features, locations, region_mask).pooled_output
-        logits = self.itm_head(pooled).float()
-        return logits[:, 1] - logits[:, 0]
+        return self.model(input_ids, text_mask, region_features, region_locations, region_mask).scores
 
     def _score_pairs(self, batch: dict, text_index: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
         """Scores of (text_index[p], image_index[p]) pairs of a training batch: [P]."""
@@ -261,30 +204,25 @@ class RetrievalModule(L.LightningModule):
 
     # -- evaluation: every image against every caption --------------------------------------
 
-    def _eval_start(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule
-        split = datamodule.eval_split(stage)
-        rows = datamodule.eval_rows(stage)
-        self._eval = {
-            "stage": stage,
-            "split": split,
-            "bank": datamodule.caption_bank(stage).to(self.device),
-            "rows": rows,
-            "scores": torch.full((len(rows), split.num_captions), math.nan, device=self.device),
-            "start": time.perf_counter(),
-        }
-
     def _eval_step(self, batch: dict) -> None:
+        evaluation = batch["evaluation"]
+        if self._eval is None:
+            self._eval = {
+                "evaluation": evaluation,
+                "captions": evaluation.captions.to(self.device),
+                "scores": torch.full((len(evaluation.rows), evaluation.split.num_captions), math.nan, device=self.device),
+                "start": time.perf_counter(),
+            }
         state = self._eval
         block = ImageBlock(batch["region_features"], batch["region_locations"], batch["region_mask"], batch["rows"])
-        scores = score_block(self.pair_scores, block, state["bank"], self.eval_pairs_per_batch)
-        state["scores"][batch["rows"] - state["rows"].start] = scores
+        scores = score_block(self.pair_scores, block, state["captions"], self.eval_pairs_per_batch)
+        state["scores"][batch["rows"] - evaluation.rows.start] = scores
 
     def _eval_end(self) -> None:
         state, self._eval = self._eval, None
         if state is None or self.trainer.sanity_checking:
             return
-        split = state["split"]
+        split = state["evaluation"].split
         scores = gather_rows(state["scores"], split.num_images)
         if torch.isnan(scores).any():
             missing = int(torch.isnan(scores).any(1).sum())
@@ -295,7 +233,7 @@ class RetrievalModule(L.LightningModule):
         seconds = time.perf_counter() - state["start"]  # on rank 0: until the slowest shard arrived
         caption_image = torch.tensor(split.caption_image, device=scores.device)
         metrics = retrieval_recall(scores, caption_image)
-        stage = state["stage"]
+        stage = state["evaluation"].stage
         # Every rank holds the same matrix and metrics; sync_dist only averages equal values
         # (and the ranks' nearly equal throughput: all pairs / evaluation wall time).
         for name, value in metrics.items():
@@ -330,7 +268,7 @@ class RetrievalModule(L.LightningModule):
         log.info("wrote the %dx%d score matrix to %s", *scores.shape, path)
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_start("val")
+        self._eval = None
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch)
@@ -339,44 +277,10 @@ class RetrievalModule(L.LightningModule):
         self._eval_end()
 
     def on_test_epoch_start(self) -> None:
-        self._eval_start("test")
+        self._eval = None
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:
         self._eval_end()
-
-    # -- export ---------------------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and getattr(datamodule, "store", None) is not None:
-            checkpoint["vlbert_features"] = datamodule.feature_header
-            checkpoint["vlbert_tokenizer"] = str(datamodule.hparams.tokenizer)
-
-    def save_pretrained(self, directory, tokenizer=None, features_header: dict | None = None) -> Path:
-        """A model directory with "vlbert.*" and "itm_head.*" weights (loadable by init_from)."""
-        return save_pretrained(directory, self, self.config, tokenizer, features_header)
-
-    def on_fit_end(self) -> None:
-        if self.export_dir and self.trainer.is_global_zero:
-            datamodule = self.trainer.datamodule
-            self.save_pretrained(self.export_dir, datamodule.tokenizer, datamodule.feature_header)
-            log.info("exported the retrieval model to %s", self.export_dir)
-
-
-def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, tokenizer: str | None = None) -> Path:
-    """A `vlbert retrieval fit` Lightning checkpoint -> a fine-tuned retrieval model directory
-    (the same files fit's export_dir gets)."""
-    from vlbert.data.tokenizer import load_tokenizer
-
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
-    hparams = checkpoint.get("hyper_parameters", {})
-    state = checkpoint.get("state_dict", {})
-    if "model" not in hparams or "negatives" not in hparams or not any(k.startswith("itm_head.") for k in state):
-        raise ValueError(f"{checkpoint_path} is not a `vlbert retrieval` checkpoint (no model config / ITM head weights)")
-    module = RetrievalModule(model=VLBertConfig.from_dict(hparams["model"]))
-    load_complete_state(module, state, "", checkpoint_path)
-    source = tokenizer or checkpoint.get("vlbert_tokenizer")
-    return module.save_pretrained(out_dir, load_tokenizer(source) if source else None, checkpoint.get("vlbert_features"))

@@ -24,7 +24,8 @@ import torch
 from vlbert.data.collate import collate_inputs
 from vlbert.data.regions import box_locations
 from vlbert.data.tokenizer import load_tokenizer
-from vlbert.tasks.vqa.model import INPUTS_FILE, VLBertForVQA
+from vlbert.modeling import VLBertForVQA
+from vlbert.modeling.vqa import INPUTS_FILE
 
 
 DEFAULT_INPUTS = {"max_text_len": 40, "max_regions": 100}
@@ -145,9 +146,23 @@ def answer_questions(model: VLBertForVQA, tokenizer, questions: list[str], regio
         tokenizer.pad_token_id,
     )
     model.eval()
-    scores = torch.sigmoid(model(**batch).float())
+    scores = torch.sigmoid(model(**batch).logits.float())
     top = scores.topk(min(top_k, scores.shape[1]), dim=-1)
-    return [[(model.vocab[int(i)], float(s)) for s, i in zip(row_s, row_i)] for row_s, row_i in zip(top.values, top.indices)]
+    answers = model.answers
+    return [[(answers[int(i)], float(s)) for s, i in zip(row_s, row_i)] for row_s, row_i in zip(top.values, top.indices)]
+
+
+def load_vqa_model(directory: str | Path) -> VLBertForVQA:
+    """A fine-tuned VQA model directory; one without a VQA head (a pretrained encoder) is refused."""
+    from vlbert.modeling.pretrained import quiet_transformers
+
+    if not (Path(directory) / "config.json").is_file():
+        raise AnswerError(f"--model {directory} is not a model directory (no config.json)")
+    with quiet_transformers():
+        model, info = VLBertForVQA.from_pretrained(directory, output_loading_info=True)
+    if any(key.startswith("vqa_head.") for key in info["missing_keys"]):
+        raise AnswerError(f"{directory} has no VQA head (no vqa_head.* weights); fine-tune one with `vlbert vqa fit`")
+    return model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.features is not None and args.image_id is None:
         parser.error("--features needs --image-id")
     try:
-        model = VLBertForVQA.from_pretrained(args.model)
+        model = load_vqa_model(args.model)
         tokenizer = load_tokenizer(args.model)
         inputs = model_inputs(args.model)
         header = features_provenance(args.model) if args.image else None

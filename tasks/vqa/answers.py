@@ -35,6 +35,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
+from vlbert.modeling.vqa import ANSWERS_FORMAT, read_answers_file
+
 # The marks the official evaluation treats as punctuation ('.' is handled separately).
 PUNCTUATION: tuple[str, ...] = (
     ";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
@@ -177,7 +179,7 @@ class AnswerVocab:
     list of answers and an ``{"answer": index}`` object (UNITER / LXMERT ``ans2label.json``).
     """
 
-    FORMAT = "vlbert-vqa-answers"
+    FORMAT = ANSWERS_FORMAT
 
     def __init__(
         self,
@@ -273,27 +275,7 @@ class AnswerVocab:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AnswerVocab":
         """Read a vocabulary written by ``save``, a JSON list of answers, or an ans2label object."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"answer vocabulary {path} does not exist")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"answer vocabulary {path} is not valid JSON: {err}") from None
-        if isinstance(data, list):
-            return cls(data, path=path)
-        if isinstance(data, dict) and data.get("format") == cls.FORMAT:
-            if not isinstance(data.get("answers"), list):
-                raise ValueError(f"answer vocabulary {path} has no 'answers' list")
-            return cls(data["answers"], data.get("counts"), data.get("min_count"), data.get("count_by"), path=path)
-        if isinstance(data, dict) and all(isinstance(v, int) for v in data.values()):
-            if sorted(data.values()) != list(range(len(data))):
-                raise ValueError(f"answer vocabulary {path}: the indices of an answer->index object must be 0..{len(data) - 1}")
-            return cls(sorted(data, key=data.__getitem__), path=path)
-        raise ValueError(
-            f"answer vocabulary {path} is neither a vlbert vocabulary, a JSON list of answers "
-            "nor an {answer: index} object"
-        )
+        return cls(**read_answers_file(path), path=path)
 
 
 def count_human_answers(answer_lists: Iterable[Sequence[str]]) -> Counter:

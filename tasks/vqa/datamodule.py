@@ -1,8 +1,8 @@
 """VQADataModule: official VQA question / annotation files + a feature store -> VQA batches.
 
-The answer vocabulary belongs to the model (it sizes the head); the module hands it over in
-its ``setup`` (``self.vocab``) before any loader is built. ``build_vocab`` makes one from the
-training annotations when the model has none yet.
+The answer vocabulary is built once and passed to both the model (it sizes the head) and this
+datamodule (it builds the targets): `vlbert vqa` links the model's to the data; from Python, pass
+``answers=module.vocab``. `vocab_from_annotations` builds one from training annotations.
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ class VQADataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         num_workers: int = 2,
         seed: int = 0,
+        answers: AnswerVocab | None = None,
     ) -> None:
         """
         Args:
@@ -87,9 +88,10 @@ class VQADataModule(L.LightningDataModule):
             val_batch_size: questions per batch for validate / test / predict (default batch_size).
             num_workers: DataLoader worker processes.
             seed: shuffling and train_fraction sampling seed.
+            answers: the model's answer vocabulary (`vlbert vqa` passes it from the model).
         """
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["answers"])
         if not 0 < train_fraction <= 1:
             raise ValueError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
         if len(_as_list(train_questions)) != len(_as_list(train_annotations)):
@@ -100,7 +102,7 @@ class VQADataModule(L.LightningDataModule):
         self.tokenizer = None
         self.store: FeatureStore | None = None
         self.examples: dict[str, list[VQAExample]] = {}
-        self.vocab: AnswerVocab | None = None
+        self.vocab = answers
         self._datasets: dict[str, tuple[AnswerVocab | None, VQADataset]] = {}
 
     def _load_split(self, split: str) -> list[VQAExample]:
@@ -146,23 +148,13 @@ class VQADataModule(L.LightningDataModule):
     def feature_header(self) -> dict:
         return {"feature_dim": self.store.feature_dim, "num_classes": self.store.num_classes, "provenance": self.store.provenance}
 
-    def build_vocab(self) -> AnswerVocab:
-        """An answer vocabulary from all the training annotations (for a model that has none)."""
-        if not self.examples.get("train"):
-            raise ValueError(
-                "the model has no answer vocabulary and there are no training annotations to build one from: "
-                "pass --model.answers FILE, or --model.init_from a fine-tuned VQA model directory"
-            )
-        hp = self.hparams
-        return build_answer_vocab(self.examples["train"], hp.min_answer_count, hp.count_answers_by)
-
     def dataset(self, split: str) -> VQADataset:
         """The split's dataset, with soft targets against the current vocabulary where answers exist."""
         cached = self._datasets.get(split)
         if cached is not None and cached[0] is self.vocab:
             return cached[1]
         if self.vocab is None:
-            raise RuntimeError("the VQA data needs the model's answer vocabulary before building datasets")
+            raise ValueError("the VQA data needs the model's answer vocabulary: VQADataModule(answers=module.vocab)")
         examples = self.examples.get(split) or []
         if not examples:
             raise ValueError(f"no {split} questions: set data.{split}_questions")
@@ -204,3 +196,15 @@ class VQADataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", train=False)
+
+
+def vocab_from_annotations(questions: str | list[str], annotations: str | list[str], feature_id_format: str = COCO_FEATURE_ID,
+                           min_count: int = 9, count_by: str = "human") -> AnswerVocab:
+    """An answer vocabulary from training question / annotation files (one annotation file per
+    question file), for a model that has none yet."""
+    questions, annotations = _as_list(questions), _as_list(annotations)
+    if not questions or len(questions) != len(annotations):
+        raise ValueError("building an answer vocabulary needs the training questions and their annotations "
+                         "(data.train_questions / data.train_annotations), or pass model.answers")
+    examples = [e for q, a in zip(questions, annotations) for e in load_vqa(q, a, feature_id_format)]
+    return build_answer_vocab(examples, min_count, count_by)

@@ -42,6 +42,7 @@ class VQADataset(Dataset):
         record = self.store[self.examples[index].feature_id]
         item = {
             "index": index,
+            "example": self.examples[index],
             "input_ids": self.input_ids[index],
             "region_features": record.features[: self.max_regions].astype(np.float32),
             "region_locations": box_locations(record.boxes[: self.max_regions], record.image_w, record.image_h),
@@ -51,11 +52,30 @@ class VQADataset(Dataset):
         return item
 
 
+class BatchExamples:
+    """A batch's VQAExamples. A plain object, not a list: moving a batch to its device (Lightning's
+    apply_to_collection) would try to rebuild the frozen dataclasses inside a list."""
+
+    def __init__(self, examples) -> None:
+        self.items = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __getitem__(self, index: int) -> VQAExample:
+        return self.items[index]
+
+
 def collate_vqa(items: list[dict], pad_token_id: int = 0, num_answers: int | None = None) -> dict:
-    """Padded model inputs, ``index`` [B] (positions in the dataset) and, when the items carry
-    targets, dense ``targets`` [B, num_answers]."""
+    """Padded model inputs, ``index`` [B] (positions in the dataset), ``examples`` (the B
+    VQAExamples: question ids and human answers, what evaluation and predict report on) and, when
+    the items carry targets, dense ``targets`` [B, num_answers]."""
     batch = collate_inputs(items, pad_token_id)
     batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
+    batch["examples"] = BatchExamples(item["example"] for item in items)
     if num_answers is not None and all("target" in item for item in items):
         targets = torch.zeros(len(items), num_answers)
         for row, item in enumerate(items):

@@ -1,40 +1,57 @@
-"""VQAModule: the LightningModule that fine-tunes the encoder and a VQA head.
+"""VQAModule: the LightningModule that fine-tunes VLBertForVQA (steps, logging, optimiser).
 
 Validation / test report the official VQA accuracy (overall and per answer type) of the top
 answer; predict writes the official result file ``[{"question_id", "answer"}, ...]``.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 from pathlib import Path
 
-import lightning as L
 import torch
 
-from vlbert.modeling.config import VLBertConfig
-from vlbert.modeling.model import VLBertModel, load_encoder_state
-from vlbert.modeling.pretrained import load_bert_into, load_complete_state, load_pretrained, load_submodule_state
-from vlbert.pretraining.module import Optimization, as_dataclass, build_optimizer
+from vlbert.modeling import ModelSettings, VLBertForVQA
+from vlbert.modeling.vqa import ANSWERS_FILE, INPUTS_FILE, answers_of
 from vlbert.tasks.vqa.answers import AnswerVocab
 from vlbert.tasks.vqa.metric import evaluate_examples
-from vlbert.tasks.vqa.model import VQAHead, head_state_of, save_vqa_directory, vqa_loss
+from vlbert.training.base import TrainingModule, as_dataclass, as_settings, build_model
+from vlbert.training.optim import Optimization, build_optimizer
 
 log = logging.getLogger(__name__)
 
-# Fields of VLBertConfig that describe the region branch (kept when sizes come from a BERT checkpoint).
-_REGION_FIELDS = ("region_feature_dim", "region_location_dim", "region_embedding", "num_region_classes", "gradient_checkpointing")
 
 
-class VQAModule(L.LightningModule):
+def answer_vocab(answers: str | list[str] | dict | AnswerVocab | None, init_from: str | None = None,
+                 load_head: bool = True) -> AnswerVocab | None:
+    """The vocabulary a VQA model is built over: `answers` (a file, a list, or a vocabulary's
+    dict), else that of the fine-tuned VQA model in `init_from` (with `load_head`), else None."""
+    if isinstance(answers, AnswerVocab):
+        return answers
+    if isinstance(answers, dict) and "answers" in answers:
+        return AnswerVocab(answers["answers"], answers.get("counts"), answers.get("min_count"), answers.get("count_by"))
+    if isinstance(answers, (list, tuple)):
+        return AnswerVocab(answers)
+    if answers:
+        return AnswerVocab.load(answers)
+    if init_from and load_head:
+        path = Path(init_from) / ANSWERS_FILE
+        if path.is_file():
+            return AnswerVocab.load(path)
+    return None
+
+
+class VQAModule(TrainingModule):
+    job = "vqa"
+    output_arguments = ("export_dir", "results_file")
+
     def __init__(
         self,
-        model: VLBertConfig = VLBertConfig(),
+        model: ModelSettings = ModelSettings(),
         init_from: str | None = None,
         bert: str | None = None,
-        answers: str | list[str] | None = None,
+        answers: str | list[str] | dict | None = None,
         load_head: bool = True,
         optimization: Optimization = Optimization(lr=8e-5),
         head_lr_multiplier: float = 10.0,
@@ -49,8 +66,8 @@ class VQAModule(L.LightningModule):
             bert: a HF BERT checkpoint (local directory) for the text encoder; the region layers start
                 new, with the region settings of `model`.
             answers: the answer vocabulary: a file (answers.json, a JSON list or an ans2label object)
-                or the list of answers. Default: the init_from directory's, else one built from the
-                training annotations.
+                or the list of answers. Default: the init_from directory's; `vlbert vqa` builds one
+                from the training annotations when neither has one.
             load_head: keep the VQA head of init_from (when it has one over the same answers).
             optimization: AdamW and the warm-up / linear-decay schedule.
             head_lr_multiplier: the head's learning rate is lr times this (UNITER: 10).
@@ -59,124 +76,57 @@ class VQAModule(L.LightningModule):
             results_file: where `predict` writes the official result JSON (default:
                 <trainer.default_root_dir>/vqa_results.json); an existing file is never overwritten.
         """
-        super().__init__()
-        model, optimization = as_dataclass(VLBertConfig, model), as_dataclass(Optimization, optimization)
-        state: dict[str, torch.Tensor] = {}
-        if init_from and bert:
-            raise ValueError("model.init_from and model.bert are alternatives; set one")
-        if init_from:
-            config, state = load_pretrained(init_from)
-            self.vlbert = VLBertModel(config)
-            load_encoder_state(self.vlbert, state, init_from)
-        elif bert:
-            region = {name: getattr(model, name) for name in _REGION_FIELDS}
-            self.vlbert = VLBertModel(VLBertConfig.from_bert(bert, **region))
-            report = load_bert_into(self.vlbert, bert)
-            log.info("text encoder from BERT %s; new: %s", bert, report["missing"])
-        else:
-            self.vlbert = VLBertModel(model)
-        # fine-tuning masks no regions: the pretraining-only mask vector stays as loaded (and DDP
-        # sees no parameter without a gradient)
-        self.vlbert.region_embeddings.mask_embedding.requires_grad_(False)
-        self.config: VLBertConfig = self.vlbert.config
-
-        vocab = (AnswerVocab(answers) if isinstance(answers, (list, tuple)) else AnswerVocab.load(answers)) if answers else None
-        head_state: dict[str, torch.Tensor] = {}
-        if init_from and load_head:
-            stored_vocab, head_state = head_state_of(init_from, state)
-            if stored_vocab is not None and vocab is None:
-                vocab = stored_vocab
-            elif stored_vocab is not None and vocab != stored_vocab:
-                log.warning("%s has a VQA head over other answers than %s: starting a new head", init_from, answers)
-                head_state = {}
-        self.vocab: AnswerVocab | None = None
-        self.vqa_head: VQAHead | None = None
-        if vocab is not None:
-            self.set_vocab(vocab)
-            if head_state:
-                load_submodule_state(self.vqa_head, head_state, "vqa_head.", strict=True)
-                log.info("kept the VQA head of %s (%d answers)", init_from, len(vocab))
-
-        self.optimization = optimization
-        self.head_lr_multiplier = head_lr_multiplier
-        self.export_dir = export_dir
-        self.results_file = results_file
-        self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._predictions: list[dict] = []
-        self.initialised_from = {"init_from": init_from, "bert": bert, "answers": answers if isinstance(answers, str) else None}
-        # The hparams rebuild this module for a checkpoint (LightningCLI re-applies them with
-        # --ckpt_path): the config actually built and the answers themselves, not the files they
-        # came from (the weights are in the checkpoint; the origin is kept as "vqa_init").
-        # export_dir and results_file say where a run writes: a restored run must not inherit them.
-        self.save_hyperparameters(
-            {
-                "model": self.config.to_dict(),
-                "init_from": None,
-                "bert": None,
-                "answers": self.vocab.answers if self.vocab is not None else None,
-                "load_head": load_head,
-                "optimization": dataclasses.asdict(optimization),
-                "head_lr_multiplier": head_lr_multiplier,
-            }
-        )
-
-    # ------------------------------------------------------------------ vocabulary and head
-
-    def set_vocab(self, vocab: AnswerVocab) -> None:
-        """Use `vocab` and give the model a new head over it (unless it already has that vocabulary)."""
-        if self.vocab is not None and self.vocab == vocab and self.vqa_head is not None:
-            return
-        self.vocab = vocab
-        self.vqa_head = VQAHead(self.config, len(vocab))
-        if "answers" in self.hparams:
-            self.hparams["answers"] = vocab.answers
-        datamodule = self._datamodule()
-        if datamodule is not None:
-            datamodule.vocab = vocab
-
-    def _datamodule(self):
-        trainer = self._trainer
-        return getattr(trainer, "datamodule", None) if trainer is not None else None
-
-    def setup(self, stage: str) -> None:
-        datamodule = self._datamodule()
-        if datamodule is None or datamodule.store is None:
-            if self.vocab is None:
-                raise ValueError("the VQA model has no answer vocabulary: pass model.answers or model.init_from")
-            return
+        super().__init__(export_dir)
+        self.vocab = answer_vocab(answers, init_from, load_head)
         if self.vocab is None:
-            self.set_vocab(datamodule.build_vocab())
-            log.info("answer vocabulary: %d answers from the training annotations", len(self.vocab))
-        datamodule.vocab = self.vocab
-        datamodule.store.check_feature_dim(self.config.region_feature_dim, "model.model.region_feature_dim")
-        if len(datamodule.tokenizer) > self.config.vocab_size:
-            raise ValueError(
-                f"the tokenizer has {len(datamodule.tokenizer)} tokens but the encoder's vocab_size is "
-                f"{self.config.vocab_size}; use the tokenizer the encoder was trained with, or set model.model.vocab_size"
-            )
+            raise ValueError("the VQA model has no answer vocabulary: pass model.answers (a file or list), or "
+                             "model.init_from a fine-tuned VQA model; `vlbert vqa fit` builds one from the training annotations")
+        keep_head = bool(init_from) and load_head and answers_of(init_from) == self.vocab.answers
+        if init_from and load_head and not keep_head and answers_of(init_from) is not None:
+            log.warning("%s has a VQA head over other answers than %s: starting a new head", init_from, answers)
+        self.model = build_model(VLBertForVQA, as_settings(model), bert, init_from, keep_heads=keep_head,
+                                 id2label=dict(enumerate(self.vocab.answers)),
+                                 label2id={a: i for i, a in enumerate(self.vocab.answers)})
+        self.freeze_mask_embedding()
+        self.optimization = as_dataclass(Optimization, optimization)
+        self.head_lr_multiplier = head_lr_multiplier
+        self.results_file = results_file
+        self.inputs: dict[str, int] = {}
+        self._outputs: list[tuple[list, list[int]]] = []
+        self._predictions: list[dict] = []
+        # the answers themselves, not the file they came from: a checkpoint rebuilds the same head
+        self.record_hyperparameters(init_from=init_from, bert=bert, answers=self.vocab.answers, load_head=load_head,
+                                    optimization=self.optimization, head_lr_multiplier=head_lr_multiplier)
 
-    # ------------------------------------------------------------------ steps
+    def check_data(self, datamodule, stage: str) -> None:
+        if datamodule.vocab != self.vocab:
+            raise ValueError("the VQA data was built over other answers than the model's; pass the model's vocabulary "
+                             "to the datamodule (VQADataModule(answers=module.vocab), as `vlbert vqa` does)")
+        self.inputs = {k: datamodule.hparams[k] for k in ("max_text_len", "max_regions")}
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Answer logits [B, A] of a collated batch."""
-        output = self.vlbert(batch["input_ids"], batch["text_mask"], batch["region_features"], batch["region_locations"], batch["region_mask"])
-        return self.vqa_head(output.pooled_output)
+    def model_files(self) -> dict[str, dict | list]:
+        return {ANSWERS_FILE: self.vocab.to_dict(), **({INPUTS_FILE: self.inputs} if self.inputs else {})}
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def forward(self, batch: dict):
+        return self.model(batch["input_ids"], batch["text_mask"], batch["region_features"], batch["region_locations"],
+                          batch["region_mask"], targets=batch.get("targets"))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self(batch)
-        loss = vqa_loss(logits, batch["targets"])
+        output = self(batch)
         # The soft score of the top answer: the training-set VQA accuracy (answers in the vocabulary).
-        score = batch["targets"].gather(1, logits.argmax(-1, keepdim=True)).mean()
+        score = batch["targets"].gather(1, output.logits.argmax(-1, keepdim=True)).mean()
         batch_size = len(batch["input_ids"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss", output.loss, prog_bar=True, batch_size=batch_size)
         self.log("train/vqa_score", score, batch_size=batch_size)
-        return loss
+        return output.loss
 
     def _eval_step(self, stage: str, batch: dict) -> None:
-        logits = self(batch)
-        if "targets" in batch:
-            self.log(f"{stage}/loss", vqa_loss(logits, batch["targets"]), batch_size=len(logits), sync_dist=True)
-        self._outputs.append((batch["index"].cpu(), logits.argmax(-1).cpu()))
+        output = self(batch)
+        if output.loss is not None:
+            self.log(f"{stage}/loss", output.loss, batch_size=len(output.logits), sync_dist=True)
+        self._outputs.append((batch["examples"], output.logits.argmax(-1).tolist()))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -195,13 +145,9 @@ class VQAModule(L.LightningModule):
         outputs, self._outputs = self._outputs, []
         if self.trainer.sanity_checking or not outputs:
             return
-        pairs = self._gather([(int(i), int(p)) for index, pred in outputs for i, p in zip(index, pred)])
-        examples = self.trainer.datamodule.dataset(stage).examples
-        predictions = {examples[i].question_id: self.vocab[p] for i, p in pairs}
-        scored = [e for e in examples if e.question_id in predictions]
-        if len(scored) < len(examples):
-            log.warning("%s accuracy over %d of %d questions (limited batches)", stage, len(scored), len(examples))
-        accuracy = evaluate_examples(scored, predictions)
+        pairs = self._gather([(example, self.vocab[p]) for examples, predicted in outputs for example, p in zip(examples, predicted)])
+        examples = list({example.question_id: example for example, _ in pairs}.values())  # a distributed sampler may repeat some
+        accuracy = evaluate_examples(examples, {example.question_id: answer for example, answer in pairs})
         self.log(f"{stage}/vqa_acc", accuracy.overall, prog_bar=True, sync_dist=False)
         for answer_type, value in accuracy.per_answer_type.items():
             self.log(f"{stage}/vqa_acc_{answer_type.replace('/', '_')}", value, sync_dist=False)
@@ -212,7 +158,7 @@ class VQAModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_accuracy("test")
 
-    # ------------------------------------------------------------------ predict
+    # -- predict ----------------------------------------------------------------------------
 
     def _results_path(self) -> Path:
         return Path(self.results_file or os.path.join(self.trainer.default_root_dir, "vqa_results.json"))
@@ -224,12 +170,11 @@ class VQAModule(L.LightningModule):
         self._predictions = []
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        scores = torch.sigmoid(self(batch).float())
+        scores = torch.sigmoid(self(batch).logits.float())
         best, answer = scores.max(-1)
-        examples = self.trainer.datamodule.dataset("predict").examples
         rows = [
-            {"question_id": examples[int(i)].question_id, "answer": self.vocab[int(a)], "score": float(s)}
-            for i, a, s in zip(batch["index"], answer, best)
+            {"question_id": example.question_id, "answer": self.vocab[int(a)], "score": float(s)}
+            for example, a, s in zip(batch["examples"], answer, best)
         ]
         self._predictions.extend(rows)
         return rows
@@ -249,51 +194,6 @@ class VQAModule(L.LightningModule):
         log.info("wrote %d answers to %s", len(results), path)
         print(f"wrote {len(results)} answers to {path}")
 
-    # ------------------------------------------------------------------ optimisation, checkpoints, export
-
     def configure_optimizers(self):
         """AdamW with warm-up and linear decay; the head at lr * head_lr_multiplier (UNITER: 10x)."""
-        return build_optimizer(self, self.optimization, [(self.vlbert, 1.0), (self.vqa_head, self.head_lr_multiplier)])
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["vqa_answers"] = self.vocab.to_dict()
-        checkpoint["vqa_init"] = self.initialised_from
-        datamodule = self._datamodule()
-        if datamodule is not None and datamodule.store is not None:
-            checkpoint["vlbert_features"] = datamodule.feature_header
-            checkpoint["vlbert_tokenizer"] = str(datamodule.hparams.tokenizer)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Runs before the weights load: size the head for the checkpoint's answers.
-        stored = checkpoint.get("vqa_answers")
-        if stored is None:
-            raise ValueError("this checkpoint has no VQA answer vocabulary; it is not a `vlbert vqa` checkpoint")
-        self.set_vocab(AnswerVocab(stored["answers"], stored.get("counts"), stored.get("min_count"), stored.get("count_by")))
-
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None, features_header: dict | None = None,
-                        inputs: dict | None = None) -> Path:
-        """A fine-tuned model directory: encoder, head, answers.json, vqa.json (loads with VLBertForVQA.from_pretrained)."""
-        return save_vqa_directory(directory, self, tokenizer, features_header, inputs)
-
-    def on_fit_end(self) -> None:
-        if self.export_dir and self.trainer.is_global_zero:
-            datamodule = self.trainer.datamodule
-            self.save_pretrained(self.export_dir, datamodule.tokenizer, datamodule.feature_header, dict(datamodule.hparams))
-            log.info("exported the VQA model to %s", self.export_dir)
-
-
-def export_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike, tokenizer: str | None = None) -> Path:
-    """A `vlbert vqa fit` Lightning checkpoint -> a fine-tuned VQA model directory."""
-    from vlbert.data.tokenizer import load_tokenizer
-    from vlbert.tasks.vqa.model import VLBertForVQA
-
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
-    stored = checkpoint.get("vqa_answers")
-    if stored is None or "state_dict" not in checkpoint:
-        raise ValueError(f"{checkpoint_path} is not a `vlbert vqa` checkpoint (no answer vocabulary / state_dict)")
-    config = VLBertConfig.from_dict(checkpoint["hyper_parameters"]["model"])
-    model = VLBertForVQA(config, AnswerVocab(stored["answers"], stored.get("counts"), stored.get("min_count"), stored.get("count_by")))
-    load_complete_state(model, checkpoint["state_dict"], "", checkpoint_path)
-    source = tokenizer or checkpoint.get("vlbert_tokenizer")
-    return model.save_pretrained(out_dir, load_tokenizer(source) if source else None, checkpoint.get("vlbert_features"),
-                                 checkpoint.get("datamodule_hyper_parameters"))
+        return build_optimizer(self, self.optimization, [(self.model.vlbert, 1.0), (self.model.vqa_head, self.head_lr_multiplier)])

@@ -107,9 +107,9 @@ def convert(args: argparse.Namespace) -> str:
         )
     answers = None
     if args.answers:
-        from vlbert.tasks.vqa.answers import AnswerVocab
+        from vlbert.modeling.vqa import read_answers_file
 
-        answers = AnswerVocab.load(args.answers)
+        answers = read_answers_file(args.answers)
     if tokenizer is None:
         report.notes.append("no tokenizer stored (none in SRC, no --tokenizer): add the one the model was trained with "
                             "(VisualBERT: bert-base-uncased; UNITER: bert-base-cased)")

@@ -13,11 +13,10 @@ import torch
 from torch import nn
 
 from vlbert.convert.state import ConversionError, Converted
-from vlbert.convert.vqa_head import ConvertedVQAHead
-from vlbert.modeling.config import VLBertConfig
-from vlbert.modeling.heads import ITMHead, MLMHead, RegionClassHead, RegionFeatureHead
-from vlbert.modeling.model import OPTIONAL_ENCODER_KEYS, VLBertModel
-from vlbert.modeling.pretrained import save_pretrained
+from vlbert.modeling import VLBertConfig, VLBertForPretraining, VLBertForVQA, VLBertPreTrainedModel
+from vlbert.modeling.model import OPTIONAL_ENCODER_KEYS
+from vlbert.modeling.pretrained import quiet_transformers, write_extras
+from vlbert.modeling.vqa import ANSWERS_FORMAT, with_answers
 
 HEADS = ("mlm_head", "itm_head", "mrfr_head", "mrc_head", "vqa_head")
 
@@ -49,32 +48,28 @@ def new_directory(dst: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def vlbert_modules(config: VLBertConfig, heads: list[str], vqa_head: dict | None = None) -> nn.Module:
-    """The encoder as "vlbert" plus the named heads, laid out as in a vlbert model directory.
-    `vqa_head` ({"style", "num_answers"}) sizes the VQA head when "vqa_head" is named."""
-    unknown = sorted(set(heads) - set(HEADS))
+def models_for(config: VLBertConfig, heads: set[str], vqa_head: dict | None, answers: list[str] | None) -> list[VLBertPreTrainedModel]:
+    """The vlbert models whose layouts hold the converted heads, the one the directory is saved as
+    first: VLBertForVQA when there is a VQA head (its style and answers in the config), and
+    VLBertForPretraining for the pretraining heads. Each loads its own heads from the directory."""
+    unknown = sorted(heads - set(HEADS))
     if unknown:
         raise ValueError(f"unknown head(s) {unknown}; known: {HEADS}")
-    holder = nn.Module()
-    holder.vlbert = VLBertModel(config)
-    if "mlm_head" in heads:
-        holder.mlm_head = MLMHead(config, holder.vlbert.text_embeddings.word_embeddings)
-    if "itm_head" in heads:
-        holder.itm_head = ITMHead(config)
-    if "mrfr_head" in heads:
-        holder.mrfr_head = RegionFeatureHead(config, holder.vlbert.region_embeddings.feature_proj)
-    if "mrc_head" in heads:
-        holder.mrc_head = RegionClassHead(config)
+    models: list[VLBertPreTrainedModel] = []
     if "vqa_head" in heads:
         if vqa_head is None:
             raise ValueError("a vqa_head needs its style and size ({'style': ..., 'num_answers': ...})")
-        holder.vqa_head = ConvertedVQAHead(config, vqa_head["num_answers"], vqa_head["style"])
-    return holder
+        config.vqa_head_style = vqa_head["style"]
+        with_answers(config, answers or [f"answer_{i}" for i in range(vqa_head["num_answers"])])
+        models.append(VLBertForVQA(config))
+    if heads - {"vqa_head"} or not models:
+        models.append(VLBertForPretraining(config))
+    return models
 
 
-def load_checked(module: nn.Module, state: dict[str, torch.Tensor], origin: dict[str, str], source: str) -> None:
-    """Load `state` into `module`, every key and shape required; errors name the source tensors."""
-    own = module.state_dict()
+def check_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], origin: dict[str, str], source: str) -> None:
+    """Every converted tensor must have a place of its shape in `own`, and the encoder and each
+    head `state` has must be complete; errors name the source tensors."""
     problems = []
     for key, value in state.items():
         if key not in own:
@@ -83,37 +78,46 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], origin: dict
             problems.append(
                 f"{origin.get(key, key)} has shape {tuple(value.shape)} but vlbert {key} needs {tuple(own[key].shape)}"
             )
+    present = {key.split(".")[0] for key in state} | {"vlbert"}
     # the masked-region vector is pretraining-only: a source without one (VisualBERT) leaves it new
-    missing = [key for key in own if key not in state and key.removeprefix("vlbert.") not in OPTIONAL_ENCODER_KEYS]
+    missing = [key for key in own if key not in state and key.split(".")[0] in present
+               and key.removeprefix("vlbert.") not in OPTIONAL_ENCODER_KEYS]
     if problems or missing:
         raise ConversionError(
             f"{source} does not fit the configuration read from it (mismatched sizes?):\n  "
             + "\n  ".join(problems + [f"no source tensor for vlbert {key}" for key in missing])
         )
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)  # checked above
 
 
-def write_vlbert_directory(dst: str | os.PathLike, converted: Converted, tokenizer=None, answers=None) -> Path:
-    """Check the converted tensors against fresh vlbert modules and save them as a model directory
-    with conversion.json (the report) and, when given, the tokenizer and answers.json."""
+def write_vlbert_directory(dst: str | os.PathLike, converted: Converted, tokenizer=None, answers: dict | None = None) -> Path:
+    """Check the converted tensors against fresh vlbert models and save them as a model directory
+    (the converted tensors only: heads the source lacks are not written as if converted) with
+    conversion.json (the report) and, when given, the tokenizer and the answers (answers.json and
+    config.id2label). `answers` is read_answers_file's dict."""
     config, state, report = converted.config, converted.state, converted.report
-    heads = sorted({key.split(".")[0] for key in state} - {"vlbert"})
-    module = vlbert_modules(config, heads, report.vqa_head)
-    load_checked(module, state, converted.origin, report.source)
+    heads = {key.split(".")[0] for key in state} - {"vlbert"}
+    answer_list = list(answers["answers"]) if answers is not None else None
+    if answers is not None:
+        if report.vqa_head is None:
+            raise ConversionError("--answers was given but the checkpoint has no VQA head")
+        if len(answer_list) != report.vqa_head["num_answers"]:
+            raise ConversionError(
+                f"the answer vocabulary has {len(answer_list)} answers but the VQA head scores {report.vqa_head['num_answers']}"
+            )
+    models = models_for(config, heads, report.vqa_head, answer_list)
+    own = {key: value for model in models for key, value in model.state_dict().items()}
+    check_state(own, state, converted.origin, report.source)
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise ConversionError(
             f"the tokenizer has {len(tokenizer)} tokens but the checkpoint's vocabulary has {config.vocab_size}; "
             "pass the tokenizer the checkpoint was trained with (--tokenizer)"
         )
-    extra = {"conversion.json": report.to_dict()}
+    files = {"conversion.json": report.to_dict()}
     if answers is not None:
-        if report.vqa_head is None:
-            raise ConversionError("--answers was given but the checkpoint has no VQA head")
-        if len(answers) != report.vqa_head["num_answers"]:
-            raise ConversionError(
-                f"the answer vocabulary has {len(answers)} answers but the VQA head scores {report.vqa_head['num_answers']}"
-            )
-        extra["answers.json"] = answers.to_dict()
+        files["answers.json"] = {"format": ANSWERS_FORMAT, "version": 1, **answers}
+    weights = {key: value.to(own[key].dtype).contiguous() for key, value in state.items()}
     with new_directory(dst) as tmp:
-        save_pretrained(tmp, module, config, tokenizer, None, extra)
+        with quiet_transformers():
+            models[0].save_pretrained(tmp, state_dict=weights)
+        write_extras(tmp, tokenizer, None, files)
     return Path(dst)

@@ -253,6 +253,7 @@ def export_visualbert(src: str | os.PathLike, dst: str | os.PathLike, head: str 
 
     from vlbert.convert.output import new_directory
     from vlbert.modeling.pretrained import load_pretrained
+    from vlbert.modeling.vqa import answers_of
 
     src = Path(src)
     try:
@@ -260,17 +261,13 @@ def export_visualbert(src: str | os.PathLike, dst: str | os.PathLike, head: str 
     except (FileNotFoundError, ValueError) as error:
         raise ConversionError(str(error)) from error
     check_visualbert_compatible(config)
+    vqa_style = config.vqa_head_style
     conversion = src / "conversion.json"
-    vqa_style = None
-    if conversion.exists():
-        vqa_style = (json.loads(conversion.read_text()).get("vqa_head") or {}).get("style")
+    if conversion.exists():  # directories converted before the style was in config.json
+        vqa_style = (json.loads(conversion.read_text()).get("vqa_head") or {}).get("style") or vqa_style
     architecture = choose_architecture(state, head)
     hf_state, left_out = vlbert_to_visualbert_state(config, state, architecture, vqa_style)
-    answers = None
-    if architecture == "VisualBertForQuestionAnswering" and (src / "answers.json").exists():
-        from vlbert.tasks.vqa.answers import AnswerVocab
-
-        answers = AnswerVocab.load(src / "answers.json").answers
+    answers = answers_of(src) if architecture == "VisualBertForQuestionAnswering" else None
     num_labels = int(state["vqa_head.classifier.weight"].shape[0]) if architecture.endswith("QuestionAnswering") else None
     hf_config = visualbert_config_from_vlbert(config, architecture, num_labels)
     if answers is not None and len(answers) == num_labels:

@@ -1,22 +1,20 @@
 """VQA answer heads of converted checkpoints, stored as "vqa_head.*" in a vlbert model directory.
 
-The two source systems read different inputs, and both are kept exactly:
+The two source systems read different inputs, and both are kept exactly (VQAHead's two styles):
   "pooled_mlp"   (UNITER vqa_output): pooled output -> dense(H, 2H) -> GELU -> LayerNorm(2H) -> classifier(2H, A)
                  keys vqa_head.dense.*, vqa_head.LayerNorm.*, vqa_head.classifier.*
   "token_linear" (VisualBertForQuestionAnswering.cls): hidden state of text token (text length - 2),
                  i.e. the token before the final [SEP] -> classifier(H, A); keys vqa_head.classifier.*
-The style and answer count go into the directory's conversion.json under "vqa_head".
+The style goes into config.json (vqa_head_style) and, with the answer count, into conversion.json.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from vlbert.convert.state import ConversionError, SourceState
 from vlbert.modeling.config import VLBertConfig
+from vlbert.modeling.heads import VQAHead
 
-STYLES = ("pooled_mlp", "token_linear")
 UNITER_VQA = {
     "vqa_output.0.weight": "vqa_head.dense.weight",
     "vqa_output.0.bias": "vqa_head.dense.bias",
@@ -28,36 +26,10 @@ UNITER_VQA = {
 VISUALBERT_QA = {"cls.weight": "vqa_head.classifier.weight", "cls.bias": "vqa_head.classifier.bias"}
 
 
-class ConvertedVQAHead(nn.Module):
-    """Answer logits [B, A] from the encoder outputs, computed as the source system did."""
-
-    def __init__(self, config: VLBertConfig, num_answers: int, style: str) -> None:
-        super().__init__()
-        if style not in STYLES:
-            raise ValueError(f"VQA head style must be one of {STYLES}, got {style!r}")
-        self.style = style
-        hidden = config.hidden_size
-        if style == "pooled_mlp":
-            self.dense = nn.Linear(hidden, 2 * hidden)
-            self.LayerNorm = nn.LayerNorm(2 * hidden, eps=config.layer_norm_eps)
-            self.classifier = nn.Linear(2 * hidden, num_answers)
-        else:
-            self.classifier = nn.Linear(hidden, num_answers)
-
-    def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """sequence_output [B, T+R, H], pooled_output [B, H], text_mask [B, T] -> [B, A]."""
-        if self.style == "pooled_mlp":
-            return self.classifier(self.LayerNorm(F.gelu(self.dense(pooled_output))))
-        position = text_mask.long().sum(1) - 2
-        if bool((position < 0).any()):
-            raise ValueError("the VisualBERT VQA head reads the token before the final [SEP]: every text needs >= 2 tokens")
-        token = sequence_output[torch.arange(len(position), device=position.device), position]
-        return self.classifier(token)
-
-
-def head_from_state(config: VLBertConfig, state: dict[str, torch.Tensor], style: str) -> ConvertedVQAHead:
+def head_from_state(config: VLBertConfig, state: dict[str, torch.Tensor], style: str) -> VQAHead:
     """The head of the given style sized from the "vqa_head.classifier.weight" in `state`."""
-    return ConvertedVQAHead(config, state["vqa_head.classifier.weight"].shape[0], style)
+    config.vqa_head_style = style
+    return VQAHead(config, state["vqa_head.classifier.weight"].shape[0])
 
 
 def visualbert_qa_to_vlbert(source: SourceState, config: VLBertConfig) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

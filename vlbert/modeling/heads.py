@@ -1,7 +1,10 @@
-"""Prediction heads on the shared encoder: MLM, masked-region feature/class, ITM.
+"""Prediction heads on the shared encoder: MLM, masked-region feature/class, ITM, VQA.
 
 Heads take only the hidden states they score (e.g. the masked positions, [M, H]) so that
-no vocabulary-size logits are computed for positions without a target.
+no vocabulary-size logits are computed for positions without a target. A head that shares a
+weight with the encoder (MLM: the word embeddings; MRFR: the region feature projection) is handed
+the module that owns it and keeps it out of its own module tree, so the weight is registered and
+saved once, by its owner: the one way weights are tied here.
 """
 from __future__ import annotations
 
@@ -32,9 +35,7 @@ class MLMHead(nn.Module):
     def __init__(self, config: VLBertConfig, word_embeddings: nn.Embedding) -> None:
         super().__init__()
         self.transform = Transform(config)
-        # Tied to the text word embeddings; kept out of the module tree so the weight is
-        # registered (and saved) once, by its owner.
-        self._tied = [word_embeddings]
+        self._tied = [word_embeddings]  # the owner's module, outside this module tree
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -76,3 +77,35 @@ class ITMHead(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.classifier(pooled)
+
+
+class VQAHead(nn.Module):
+    """Answer logits [B, A] from the encoder outputs, in one of two styles (config.vqa_head_style):
+
+    "pooled_mlp" (UNITER, and what vlbert fine-tunes by default): pooled output -> Linear(H, 2H) ->
+        GELU -> LayerNorm(2H) -> Linear(2H, A); parameter names match UNITER's converted vqa_output.
+    "token_linear" (VisualBertForQuestionAnswering): the hidden state of the text token before the
+        final [SEP] -> Linear(H, A).
+    """
+
+    def __init__(self, config: VLBertConfig, num_answers: int) -> None:
+        super().__init__()
+        if num_answers < 1:
+            raise ValueError(f"a VQA head needs at least one answer, got {num_answers}")
+        self.style = config.vqa_head_style
+        hidden = config.hidden_size
+        if self.style == "pooled_mlp":
+            self.dense = nn.Linear(hidden, 2 * hidden)
+            self.LayerNorm = nn.LayerNorm(2 * hidden, eps=config.layer_norm_eps)
+            self.classifier = nn.Linear(2 * hidden, num_answers)
+        else:
+            self.classifier = nn.Linear(hidden, num_answers)
+
+    def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """sequence_output [B, T+R, H], pooled_output [B, H], text_mask [B, T] -> [B, A]."""
+        if self.style == "pooled_mlp":
+            return self.classifier(self.LayerNorm(F.gelu(self.dense(pooled_output))))
+        position = text_mask.long().sum(1) - 2
+        if bool((position < 0).any()):
+            raise ValueError("the VisualBERT VQA head reads the token before the final [SEP]: every text needs >= 2 tokens")
+        return self.classifier(sequence_output[torch.arange(len(position), device=position.device), position])

@@ -1,65 +1,75 @@
-"""VLBertModel (the single-stream encoder) and VLBertForPretraining (encoder + pretraining heads)."""
+"""The transformers-native models: the shared base, VLBertModel (the single-stream encoder) and
+VLBertForPretraining (the encoder and every pretraining head). Task models are in vqa.py and
+retrieval.py; all of them save and load with `save_pretrained` / `from_pretrained` and, once
+`vlbert` is imported, through `AutoModel` and the `AutoModelFor...` classes that fit."""
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
 
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.embeddings import RegionEmbeddings, TextEmbeddings
 from vlbert.modeling.encoder import Encoder, Pooler
 from vlbert.modeling.heads import ITMHead, MLMHead, RegionClassHead, RegionFeatureHead
-from vlbert.modeling.pretrained import load_pretrained, load_submodule_state, save_pretrained
-
-log = logging.getLogger(__name__)
+from vlbert.modeling.losses import itm_loss, mlm_loss, mrc_kl_loss, mrc_loss, mrfr_loss
 
 # Encoder weights a model directory may lack: the masked-region vector is used only in
 # pretraining, and checkpoints converted from models without one (VisualBERT) start it new.
 OPTIONAL_ENCODER_KEYS = ("region_embeddings.mask_embedding",)
 
 
-def load_encoder_state(encoder: nn.Module, state: dict[str, torch.Tensor], source) -> None:
-    """Load a model directory's "vlbert.*" weights into `encoder` (a VLBertModel); every encoder
-    weight but the optional ones must be there, and nothing unexpected."""
-    missing = [k for k in load_submodule_state(encoder, state, "vlbert.", strict=True) if k not in OPTIONAL_ENCODER_KEYS]
-    if missing:
-        raise ValueError(f"{source} lacks encoder weights {missing[:10]}")
+class VLBertPreTrainedModel(PreTrainedModel):
+    """What every vlbert model shares: its config class, the encoder's attribute name, and BERT's
+    initialisation (normal(0, initializer_range) weights, zero biases, unit LayerNorms)."""
+
+    config_class = VLBertConfig
+    base_model_prefix = "vlbert"
+    supports_gradient_checkpointing = True
+    _keys_to_ignore_on_load_missing = [r"region_embeddings\.mask_embedding"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, RegionEmbeddings):
+            # unit scale per dimension, like a real feature (see RegionEmbeddings)
+            init.normal_(module.mask_embedding, mean=0.0, std=1.0)
+        elif isinstance(module, (MLMHead, RegionFeatureHead)):
+            init.zeros_(module.bias)
+
+    def _backward_compatibility_gradient_checkpointing(self) -> None:
+        """config.gradient_checkpointing is a setting the encoder reads (and saved runs restore),
+        not a legacy key to consume and delete as transformers does for its own models."""
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+        # gradient_checkpointing_enable() / _disable(): the encoder recomputes layers itself
+        for module in self.modules():
+            if isinstance(module, Encoder):
+                module.gradient_checkpointing = enable
+        self.config.gradient_checkpointing = enable
 
 
-@dataclass
-class VLBertOutput:
-    sequence_output: torch.Tensor  # [B, T + R, H]: text positions first, then regions
-    pooled_output: torch.Tensor  # [B, H]
-
-
-def init_weights(module: nn.Module, initializer_range: float) -> None:
-    """BERT's initialisation: normal(0, 0.02) weights, zero biases, unit LayerNorms."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, mean=0.0, std=initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
-class VLBertModel(nn.Module):
+class VLBertModel(VLBertPreTrainedModel):
     """Text tokens and regions concatenated (text first) into one sequence, one attention mask
     over both paddings, a BERT encoder and a pooler."""
 
     def __init__(self, config: VLBertConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.text_embeddings = TextEmbeddings(config)
         self.region_embeddings = RegionEmbeddings(config)
         self.encoder = Encoder(config)
         self.pooler = Pooler(config)
-        self.apply(lambda m: init_weights(m, config.initializer_range))
+        self.post_init()
+
+    def get_input_embeddings(self) -> torch.nn.Embedding:
+        return self.text_embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: torch.nn.Embedding) -> None:
+        self.text_embeddings.word_embeddings = value
 
     def embed(
         self,
@@ -77,6 +87,8 @@ class VLBertModel(nn.Module):
                 f"region features are {region_features.shape[-1]}-d but the model expects "
                 f"region_feature_dim={self.config.region_feature_dim}"
             )
+        if not self.config.region_location_dim:
+            region_locations = None
         text = self.text_embeddings(input_ids, token_type_ids)
         regions = self.region_embeddings(region_features.to(text.dtype), region_locations, self.text_embeddings, region_masked)
         hidden = torch.cat([text, regions], dim=1)
@@ -94,60 +106,128 @@ class VLBertModel(nn.Module):
         region_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         region_masked: torch.Tensor | None = None,
-    ) -> VLBertOutput:
+    ) -> BaseModelOutputWithPooling:
         """input_ids/text_mask [B, T]; region_features [B, R, D]; region_locations [B, R, 7];
         region_mask [B, R]. Masks are True where there is a real token / region; region_masked
-        [B, R] is True where a region is masked for masked-region modelling."""
+        [B, R] is True where a region is masked for masked-region modelling.
+
+        Returns last_hidden_state [B, T + R, H] (text positions first, then regions; zeros at
+        padded positions) and pooler_output [B, H]."""
         hidden, attention_mask = self.embed(
             input_ids, text_mask, region_features, region_locations, region_mask, token_type_ids, region_masked
         )
         sequence_output = self.encoder(hidden, attention_mask)
-        return VLBertOutput(sequence_output, self.pooler(sequence_output))
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=self.pooler(sequence_output))
+
+
+@dataclass
+class PretrainingTargets:
+    """What a pretraining step predicts, as collate gives it: row indices into the flattened
+    [B * (T + R)] hidden states (or [B] pooled outputs) with their targets. Row counts are known on
+    the host, so no step waits on the device to learn how many targets there are.
+
+    objectives: which losses to compute (those without targets in the batch are skipped);
+    weights: each loss's weight in `loss` (default 1).
+    """
+
+    objectives: tuple[str, ...]
+    weights: dict[str, float] = field(default_factory=dict)
+    mlm_index: torch.Tensor | None = None  # [M] rows of masked tokens
+    mlm_targets: torch.Tensor | None = None  # [M] their original token ids
+    region_index: torch.Tensor | None = None  # [K] rows of masked regions
+    region_targets: torch.Tensor | None = None  # [K, D] their original features (MRFR)
+    region_labels: torch.Tensor | None = None  # [K] detector top class (MRC)
+    region_probs: torch.Tensor | None = None  # [K, C] detector class distribution (MRC-KL)
+    itm_index: torch.Tensor | None = None  # [P] examples with an ITM label
+    itm_targets: torch.Tensor | None = None  # [P] 1 = matched
 
     @classmethod
-    def from_pretrained(cls, directory) -> "VLBertModel":
-        """The encoder of a model directory (its "vlbert.*" weights); heads are ignored."""
-        config, state = load_pretrained(directory)
-        model = cls(config)
-        load_encoder_state(model, state, directory)
-        return model
+    def from_batch(cls, batch: dict, objectives: tuple[str, ...], weights: dict[str, float] | None = None) -> "PretrainingTargets":
+        names = ("mlm_index", "mlm_targets", "region_index", "region_targets", "region_labels", "region_probs", "itm_index", "itm_targets")
+        return cls(tuple(objectives), dict(weights or {}), **{name: batch.get(name) for name in names})
+
+    @property
+    def any_masked_region(self) -> bool:
+        return self.region_index is not None and self.region_index.numel() > 0
 
 
-class VLBertForPretraining(nn.Module):
-    """The encoder with every pretraining head. Heads score only the positions they are given."""
+@dataclass
+class PretrainingOutput(ModelOutput):
+    """loss: the weighted sum of `losses`; accuracies where an objective has one; the logits of
+    the targets' rows only (mlm_logits [M, V], region_features [K, D], mrc_logits [K, C],
+    itm_logits [P, 2])."""
+
+    loss: torch.Tensor | None = None
+    losses: dict[str, torch.Tensor] | None = None
+    accuracies: dict[str, torch.Tensor] | None = None
+    mlm_logits: torch.Tensor | None = None
+    region_features: torch.Tensor | None = None
+    mrc_logits: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+
+
+class VLBertForPretraining(VLBertPreTrainedModel):
+    """The encoder with every pretraining head: MLM, MRFR, MRC / MRC-KL (when the config has region
+    classes) and ITM. Heads score only the rows the targets name."""
 
     def __init__(self, config: VLBertConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.vlbert = VLBertModel(config)
         self.mlm_head = MLMHead(config, self.vlbert.text_embeddings.word_embeddings)
         self.itm_head = ITMHead(config)
         self.mrfr_head = RegionFeatureHead(config, self.vlbert.region_embeddings.feature_proj)
         self.mrc_head = RegionClassHead(config) if config.num_region_classes else None
-        for head in (self.mlm_head, self.itm_head, self.mrfr_head, self.mrc_head):
-            if head is not None:
-                head.apply(lambda m: init_weights(m, config.initializer_range))
+        self.post_init()
 
-    def forward(self, **batch: torch.Tensor) -> VLBertOutput:
-        return self.vlbert(**batch)
+    def heads(self) -> list[torch.nn.Module]:
+        return [head for head in (self.mlm_head, self.mrfr_head, self.mrc_head, self.itm_head) if head is not None]
 
-    def save_pretrained(self, directory, tokenizer=None, features_header: dict | None = None):
-        return save_pretrained(directory, self, self.config, tokenizer, features_header)
-
-    @classmethod
-    def from_pretrained(cls, directory) -> "VLBertForPretraining":
-        """The encoder must be complete; pretraining heads load where the directory has them and
-        start new where it does not (e.g. a converted VisualBERT has no region heads); weights of
-        other heads (a task's) are left out. Both are logged."""
-        config, state = load_pretrained(directory)
-        model = cls(config)
-        load_encoder_state(model.vlbert, state, directory)
-        new_heads = []
-        for name in ("mlm_head", "itm_head", "mrfr_head", "mrc_head"):
-            head = getattr(model, name)
-            if head is not None and load_submodule_state(head, state, name + ".", strict=True):
-                new_heads.append(name)
-        ignored = sorted({k.split(".")[0] for k in state} - {"vlbert", "mlm_head", "itm_head", "mrfr_head", "mrc_head"})
-        if new_heads or ignored:
-            log.warning("%s: heads initialised new: %s; weights not used: %s", directory, new_heads or "none", ignored or "none")
-        return model
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        text_mask: torch.Tensor,
+        region_features: torch.Tensor,
+        region_locations: torch.Tensor | None,
+        region_mask: torch.Tensor,
+        region_masked: torch.Tensor | None = None,
+        targets: PretrainingTargets | None = None,
+    ) -> PretrainingOutput:
+        """Inputs as VLBertModel.forward; with `targets`, the loss of every objective they name."""
+        masked = targets is not None and targets.any_masked_region
+        output = self.vlbert(
+            input_ids, text_mask, region_features, region_locations, region_mask,
+            region_masked=region_masked if (masked or targets is None) else None,
+        )
+        result = PretrainingOutput(last_hidden_state=output.last_hidden_state, pooler_output=output.pooler_output)
+        if targets is None:
+            return result
+        wanted = set(targets.objectives)
+        rows = output.last_hidden_state.flatten(0, 1)  # [B * (T + R), H], what the indices address
+        losses: dict[str, torch.Tensor] = {}
+        accuracies: dict[str, torch.Tensor] = {}
+        if "mlm" in wanted and targets.mlm_index is not None and targets.mlm_index.numel():
+            result.mlm_logits = self.mlm_head(rows.index_select(0, targets.mlm_index))
+            losses["mlm"], accuracies["mlm"] = mlm_loss(result.mlm_logits, targets.mlm_targets)
+        if masked and wanted & {"mrfr", "mrc", "mrc_kl"}:
+            hidden = rows.index_select(0, targets.region_index)
+            if "mrfr" in wanted:
+                result.region_features = self.mrfr_head(hidden)
+                losses["mrfr"] = mrfr_loss(result.region_features, targets.region_targets)
+            if wanted & {"mrc", "mrc_kl"}:
+                if self.mrc_head is None:
+                    raise ValueError("region classification needs config.num_region_classes > 0")
+                result.mrc_logits = self.mrc_head(hidden)
+                if "mrc" in wanted:
+                    losses["mrc"], accuracies["mrc"] = mrc_loss(result.mrc_logits, targets.region_labels)
+                if "mrc_kl" in wanted:
+                    losses["mrc_kl"] = mrc_kl_loss(result.mrc_logits, targets.region_probs)
+                    accuracies["mrc_kl"] = (result.mrc_logits.argmax(-1) == targets.region_probs.argmax(-1)).float().mean()
+        if "itm" in wanted and targets.itm_index is not None and targets.itm_index.numel():
+            result.itm_logits = self.itm_head(output.pooler_output.index_select(0, targets.itm_index))
+            losses["itm"], accuracies["itm"] = itm_loss(result.itm_logits, targets.itm_targets)
+        result.losses, result.accuracies = losses, accuracies
+        if losses:
+            result.loss = sum(targets.weights.get(name, 1.0) * loss for name, loss in losses.items())
+        return result

@@ -1,20 +1,21 @@
-"""Model directories (save_pretrained / from_pretrained) and loading HF BERT checkpoints.
+"""Weights in and out of the models' own loading: reading a model directory's tensors as they
+are (for conversion), loading a state into a submodule with every mismatch named, and
+initialising from HF BERT checkpoints.
 
-A vlbert model directory holds:
-  config.json        VLBertConfig (model_type "vlbert")
-  model.safetensors  weights; keys "vlbert.*" for the encoder, "<head>_head.*" for heads
-  tokenizer files    the tokenizer the model was trained with
-  features.json      optional: header of the region features it was trained on (detector settings)
-  <task files>       optional, e.g. answers.json for VQA
+A vlbert model directory (transformers' save_pretrained) holds config.json (VLBertConfig, model_type
+"vlbert") and model.safetensors (keys "vlbert.*" for the encoder, "<name>_head.*" for heads), and
+beside them the tokenizer files, features.json and a task's files (VQA: answers.json, vqa.json).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from vlbert.modeling.config import VLBertConfig
@@ -22,38 +23,44 @@ from vlbert.modeling.config import VLBertConfig
 WEIGHTS_NAME = "model.safetensors"
 
 
-def save_pretrained(
-    directory: str | os.PathLike,
-    model: nn.Module,
-    config: VLBertConfig,
-    tokenizer=None,
-    features_header: dict | None = None,
-    extra_files: dict[str, dict | list] | None = None,
-) -> Path:
-    """Write config, safetensors weights (the module's state dict as is), tokenizer and extras."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(out)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "model_type": "vlbert"})
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
-    if features_header is not None:
-        (out / "features.json").write_text(json.dumps(features_header, indent=2, sort_keys=True) + "\n")
-    for name, content in (extra_files or {}).items():
-        (out / name).write_text(json.dumps(content, indent=2) + "\n")
-    return out
-
-
 def load_pretrained(directory: str | os.PathLike) -> tuple[VLBertConfig, dict[str, torch.Tensor]]:
-    """Config and state dict of a model directory, with clear errors for what is not one."""
+    """Config and state dict of a model directory as stored, with clear errors for what is not one."""
     path = Path(directory)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory; expected a vlbert model directory (save_pretrained)")
     weights = path / WEIGHTS_NAME
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights} not found; export one with `vlbert export` or convert with `vlbert convert`")
-    return VLBertConfig.load(path), load_file(str(weights))
+    if not weights.exists() or not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} lacks config.json / {WEIGHTS_NAME}; export one with `vlbert export` or convert with `vlbert convert`")
+    return VLBertConfig.from_pretrained(path), load_file(str(weights))
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No progress bars or load tables from transformers: vlbert reports what matters itself."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def write_extras(directory: str | os.PathLike, tokenizer=None, features_header: dict | None = None,
+                 files: dict[str, dict | list] | None = None) -> None:
+    """What a model directory holds beside config.json and the weights: the tokenizer files,
+    features.json and a job's own files (name -> JSON content)."""
+    out = Path(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    if features_header is not None:
+        (out / "features.json").write_text(json.dumps(features_header, indent=2, sort_keys=True) + "\n")
+    for name, content in (files or {}).items():
+        (out / name).write_text(json.dumps(content, indent=2) + "\n")
 
 
 def load_submodule_state(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, strict: bool = True) -> list[str]:

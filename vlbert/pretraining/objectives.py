@@ -1,10 +1,8 @@
-"""Pretraining objectives: their settings and pure loss functions on hand-checkable tensors."""
+"""Pretraining objectives: which run, their weights and how they mix (the loss functions are in
+vlbert.modeling.losses)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
 
 TASKS = ("mlm", "mrfr", "mrc", "mrc_kl", "itm")
 REGION_TASKS = ("mrfr", "mrc", "mrc_kl")
@@ -55,29 +53,3 @@ class Objectives:
     def needs_class_probs(self) -> bool:
         return self.mrc_kl > 0
 
-
-def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [M, V] at masked positions only, labels [M] -> (mean cross-entropy, accuracy)."""
-    return F.cross_entropy(logits.float(), labels), (logits.argmax(-1) == labels).float().mean()
-
-
-def mrfr_loss(predicted: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """[M, D] predicted and original features of masked regions -> mean squared error over all elements."""
-    return F.mse_loss(predicted.float(), original.float())
-
-
-def mrc_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[M, C] logits, [M] detector top class -> (mean cross-entropy, accuracy)."""
-    return F.cross_entropy(logits.float(), labels), (logits.argmax(-1) == labels).float().mean()
-
-
-def mrc_kl_loss(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
-    """KL(detector distribution || softmax(logits)), summed over classes, mean over the M regions."""
-    target = target_probs.float()
-    target = target / target.sum(-1, keepdim=True).clamp_min(1e-12)
-    return F.kl_div(F.log_softmax(logits.float(), -1), target, reduction="sum") / max(len(logits), 1)
-
-
-def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, 2] logits, [B] labels (1 = the caption belongs to the image) -> (cross-entropy, accuracy)."""
-    return F.cross_entropy(logits.float(), labels), (logits.argmax(-1) == labels).float().mean()

@@ -2,18 +2,25 @@
 
 synthetic world -> region features -> tiny pretraining (held-out metrics before and after)
 -> VQA fine-tuning -> retrieval fine-tuning. The last line printed is one JSON object with
-every metric measured.
+every metric measured. Everything here serves the demo alone (the world's extraction settings,
+each stage's arguments and the metrics it reports); it sits on top of every job it runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
+from vlbert.resources import config_path
 from vlbert.synth import generate_world
+
+# the retrieval metrics the demo reports
+REPORTED = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "r_mean")
 
 
 def stage_trainer_args(run_dir: Path, steps: int, validations: int) -> list[str]:
@@ -32,7 +39,7 @@ def stage_trainer_args(run_dir: Path, steps: int, validations: int) -> list[str]
 
 def pretrain_args(world, features: str, run_dir: Path, steps: int, feature_dim: int, num_classes: int, mrc_kl: bool) -> list[str]:
     return [
-        "--config", str(Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "tiny.yaml"),
+        "--config", str(config_path("pretrain/tiny.yaml")),
         "--data.features", features,
         "--data.train_annotations", str(world.captions("train")),
         "--data.val_annotations", str(world.captions("val")),
@@ -52,7 +59,6 @@ def extract_features(world, output: Path, all_images: bool) -> dict:
     the ground-truth boxes of the test images only (all of them with `all_images`): such
     features check the pipeline but carry little to learn from. Returns what was extracted."""
     from vlbert.featstore import read_header
-    from vlbert.features.extract import extract_world
 
     if output.exists():
         output.unlink()  # the demo's own output from an earlier run: extract afresh
@@ -115,7 +121,7 @@ def vqa_args(world, features: str, run_dir: Path, init_from: str | None, feature
              steps: int = 1000) -> list[str]:
     split = {s: (str(world.vqa_questions(s)), str(world.vqa_annotations(s))) for s in ("train", "val", "test")}
     return [
-        "--config", str(Path(__file__).resolve().parents[1] / "configs" / "vqa" / "tiny.yaml"),
+        "--config", str(config_path("vqa/tiny.yaml")),
         "--data.features", features,
         "--data.tokenizer", str(world.tokenizer_dir),
         *[arg for s, (q, a) in split.items() for arg in (f"--data.{s}_questions", q, f"--data.{s}_annotations", a)],
@@ -138,6 +144,90 @@ def run_vqa(args: list[str]) -> dict:
     cli.trainer.fit(cli.model, cli.datamodule)
     test = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
     return {k.removeprefix("test/"): round(float(v), 2) for k, v in test.items() if k.startswith("test/vqa_acc")}
+
+
+def retrieval_args(
+    world,
+    features: str,
+    run_dir: Path,
+    init_from: str | None = None,
+    steps: int = 600,
+    feature_dim: int = 64,
+    num_workers: int = 0,
+) -> list[str]:
+    """`vlbert retrieval` arguments for the tiny config on a synthetic `World`.
+
+    init_from: a model directory (the demo's pretraining export) or None to start from scratch
+    (then the tiny config's sizes apply with ``feature_dim``-d regions)."""
+    return [
+        "--config", str(config_path("retrieval/tiny.yaml")),
+        "--data.annotations", str(world.karpathy_json),
+        "--data.features", str(features),
+        "--data.tokenizer", str(world.tokenizer_dir),
+        "--data.num_workers", str(num_workers),
+        "--model.model.region_feature_dim", str(feature_dim),
+        "--model.init_from", str(init_from) if init_from else "null",
+        "--model.export_dir", str(Path(run_dir) / "export"),
+        *stage_trainer_args(Path(run_dir), steps, validations=3),
+    ]
+
+
+def run_retrieval(args: list[str]) -> dict:
+    """Test recall before and after fine-tuning, with the chance level of the test split."""
+    from vlbert.tasks.retrieval.cli import RetrievalCLI
+    from vlbert.tasks.retrieval.datamodule import RetrievalDataModule
+    from vlbert.tasks.retrieval.metric import chance_recall
+    from vlbert.tasks.retrieval.module import RetrievalModule
+
+    cli = RetrievalCLI(RetrievalModule, RetrievalDataModule, args=args, run=False, save_config_kwargs={"overwrite": True})
+    before = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+    cli.trainer.fit(cli.model, cli.datamodule)
+    after = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+    split = cli.datamodule.splits["test"]
+    chance = chance_recall(split.caption_image, split.num_images)
+
+    def pick(metrics: dict) -> dict:
+        return {k: round(float(metrics[f"test/{k}"]), 2) for k in REPORTED}
+
+    return {
+        "test_images": split.num_images,
+        "test_captions": split.num_captions,
+        "before_finetuning": pick(before),
+        "finetuned": pick(after),
+        "chance": {k: round(v, 2) for k, v in chance.items() if k in REPORTED},
+        "pairs_per_second": round(float(after["test/pairs_per_second"]), 1),
+        "export": str(cli.model.export_dir),
+    }
+
+
+def extract_world(world_dir: str | os.PathLike, output: str | os.PathLike, device: str = "auto",
+                  progress: bool = False, overrides: dict[str, Any] | None = None,
+                  random_sample: list[str] | None = None) -> ExtractResult:
+    """Features for a synthetic world (``world/images/<id>.png``, ``world/boxes.json``), as `make demo` does.
+
+    The default backend (torchvision Faster R-CNN) at small sizes. With the published weights in
+    torchvision's cache the detector picks the regions; without them nothing is downloaded: random
+    weights (a loud warning, recorded in provenance) pool features on the world's ground-truth boxes,
+    and with `random_sample` (image ids) only those images are extracted: a random detector's
+    features are a check of the pipeline, not features to learn from.
+    """
+    from vlbert.features.backends.torchvision import weights_on_machine
+    from vlbert.features.config import load_config
+    from vlbert.features.extract import extract
+
+    world_dir = Path(world_dir)
+    settings = {"min_size": 224, "max_size": 320, "proposals": 100, "batch_size": 8, "num_workers": 0,
+                "device": device, "flush_every": 512, **(overrides or {})}
+    config = load_config(None, settings)
+    if weights_on_machine(config):
+        return extract(world_dir / "images", output, config, progress=progress)
+    config = load_config(None, {**settings, "weights": "none"})
+    boxes_json = world_dir / "boxes.json"
+    if random_sample is not None:
+        boxes = json.loads(boxes_json.read_text())
+        boxes_json = Path(output).with_name(Path(output).stem + ".sample_boxes.json")
+        boxes_json.write_text(json.dumps({str(i): boxes[str(i)] for i in random_sample}))
+    return extract(world_dir / "images", output, config, boxes_json=boxes_json, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,8 +277,6 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     print("[5/5] retrieval: fine-tune the pretrained encoder with hard negatives", flush=True)
-    from vlbert.tasks.retrieval.demo import retrieval_args, run_retrieval
-
     results["retrieval"] = run_retrieval(
         retrieval_args(world, features, out / "retrieval", init_from=pretraining["export"], feature_dim=int(dim), steps=400)
     )

@@ -1,0 +1,59 @@
+"""Model directories: written at the end of fit (a run's export_dir) and by `vlbert export` from
+any checkpoint of `vlbert pretrain`, `vqa` or `retrieval`, the same files either way.
+
+    vlbert export --checkpoint runs/.../last.ckpt --out models/my-vlbert
+
+A directory holds config.json and model.safetensors (transformers' save_pretrained), the
+tokenizer files, features.json (the provenance of the training features) and the job's own
+files (VQA: answers.json, vqa.json).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vlbert.modeling import VLBertPreTrainedModel
+from vlbert.modeling.pretrained import quiet_transformers, write_extras
+from vlbert.training.checkpoints import CheckpointError, model_from_checkpoint, read_checkpoint
+
+
+def write_model_directory(
+    directory: str | Path,
+    model: VLBertPreTrainedModel,
+    tokenizer=None,
+    features_header: dict | None = None,
+    files: dict[str, dict | list] | None = None,
+) -> Path:
+    """save_pretrained, plus the tokenizer, features.json and the job's files."""
+    with quiet_transformers():
+        model.save_pretrained(directory)
+    write_extras(directory, tokenizer, features_header, files)
+    return Path(directory)
+
+
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, tokenizer: str | None = None) -> tuple[str, Path]:
+    """The model directory of a checkpoint; returns (the job that wrote it, the directory)."""
+    from vlbert.data.tokenizer import load_tokenizer
+
+    checkpoint = read_checkpoint(checkpoint_path)
+    model = model_from_checkpoint(checkpoint, checkpoint_path)
+    source = tokenizer or checkpoint.get("vlbert_tokenizer")
+    out = write_model_directory(out_dir, model, load_tokenizer(source) if source else None,
+                                checkpoint.get("vlbert_features"), checkpoint.get("vlbert_files"))
+    return checkpoint["vlbert_job"], out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vlbert export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="Lightning checkpoint of `vlbert pretrain`, `vlbert vqa` or `vlbert retrieval`")
+    parser.add_argument("--out", required=True, help="output model directory")
+    parser.add_argument("--tokenizer", help="tokenizer to save with it (default: the one the run used)")
+    args = parser.parse_args(argv)
+    try:
+        job, out = export_checkpoint(args.checkpoint, args.out, args.tokenizer)
+    except (CheckpointError, ValueError, FileExistsError) as error:
+        print(f"vlbert export: error: {error}", file=sys.stderr)
+        return 2
+    print(f"exported {args.checkpoint} ({job}) -> {out}")
+    return 0
