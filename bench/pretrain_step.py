@@ -56,8 +56,9 @@ from vlbert.modeling.config import VLBertConfig  # noqa: E402
 from vlbert.modeling.encoder import Packing  # noqa: E402
 from vlbert.pretraining.dataset import PretrainDataset, collate_pretrain  # noqa: E402
 from vlbert.pretraining.masking import IGNORE_INDEX  # noqa: E402
-from vlbert.pretraining.module import Optimization, PretrainModule, build_optimizer  # noqa: E402
+from vlbert.pretraining.module import PretrainModule  # noqa: E402
 from vlbert.pretraining.objectives import Objectives  # noqa: E402
+from vlbert.training.optim import Optimization, build_optimizer  # noqa: E402
 
 SIZES = {
     # BERT-base with 2048-d (ResNet-101 C5 / bottom-up-attention) region features, 1600 VG classes.

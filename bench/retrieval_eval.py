@@ -31,8 +31,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import WORDS, emit, machine, word_tokenizer, write_feature_store  # noqa: E402
-from vlbert.modeling.config import VLBertConfig  # noqa: E402
-from vlbert.tasks.retrieval.module import RetrievalModule  # noqa: E402
+from vlbert.modeling import VLBertConfig, VLBertForRetrieval  # noqa: E402
+from vlbert.training.export import write_model_directory  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -112,7 +112,7 @@ def main() -> None:
             region_feature_dim=args.feature_dim,
         )
         torch.manual_seed(0)
-        RetrievalModule(model=config).save_pretrained(work / "model", tokenizer)
+        write_model_directory(work / "model", VLBertForRetrieval(config), tokenizer)
 
         one = run_test(work, "1proc", 1, args.threads, args)
         two = run_test(work, "2proc", 2, args.threads, args)

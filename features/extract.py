@@ -29,7 +29,7 @@ from jsonargparse import ActionConfigFile, ActionYesNo, Namespace
 
 from vlbert.featstore import FeatureStore, FeatureStoreError, FeatureWriter, RegionRecord, read_header
 from vlbert.features.config import (
-    FIELDS, ConfigError, ExtractConfig, SettingsParser, add_config_arguments, config_from, describe_error, load_config,
+    FIELDS, ConfigError, ExtractConfig, SettingsParser, add_config_arguments, config_from, describe_error,
 )
 from vlbert.features.images import DecodedImage, ImageFolderDataset, ImageListError, collate_decoded, list_images
 from vlbert.features.provenance import ProvenanceMismatch, check_same, run_info

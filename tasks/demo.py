@@ -14,10 +14,13 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlbert.resources import config_path
 from vlbert.synth import generate_world
+
+if TYPE_CHECKING:
+    from vlbert.features.extract import ExtractResult
 
 # the retrieval metrics the demo reports
 REPORTED = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "r_mean")

@@ -357,7 +357,8 @@ def test_every_shipped_config_loads():
 
 
 def test_synthetic_world_without_weights_uses_ground_truth_boxes(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "empty_hub"))  # no cached weights here
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights here
+    assert torch.hub.get_dir() == str(tmp_path / "torch" / "hub")
     world = tmp_path / "world"
     (world / "images").mkdir(parents=True)
     boxes = {}
@@ -372,11 +373,3 @@ def test_synthetic_world_without_weights_uses_ground_truth_boxes(tmp_path, monke
     np.testing.assert_array_equal(store["2"].boxes, boxes["2"])
 
 
-def test_a_second_extraction_into_the_same_output_is_refused(tmp_path):
-    write_scenes(tmp_path / "imgs", 1)
-    output = tmp_path / "f.h5"
-    with extract_module._OutputLock(extract_module.parts_dir_for(output)):
-        with pytest.raises(ExtractError, match="another `vlbert extract`"):
-            extract(tmp_path / "imgs", output, tiny(), progress=False)
-    assert extract(tmp_path / "imgs", output, tiny(), progress=False).extracted == 1
-    assert not extract_module.parts_dir_for(output).exists()

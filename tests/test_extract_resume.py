@@ -1,4 +1,5 @@
-"""A kill -9 at any moment loses at most the images in flight; a rerun completes the same file."""
+"""A kill -9 at any moment loses at most the images in flight; a rerun completes the same file;
+a second extraction into an output another `vlbert extract` is writing is refused."""
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from PIL import Image
 
 from vlbert.featstore import FeatureStore
 from vlbert.features.config import load_config
-from vlbert.features.extract import extract
+from vlbert.features.extract import ExtractError, extract
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "extract" / "tiny.yaml"
 COUNT = 30
@@ -54,6 +55,57 @@ def assert_same_content(a: dict, b: dict) -> None:
             np.testing.assert_array_equal(left, right, err_msg=image_id)
 
 
+def start_extract(images: Path, output: Path) -> subprocess.Popen:
+    """`vlbert extract` in another process, a part file every 4 images."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "vlbert.cli", "extract", "--images", str(images), "--output", str(output),
+         "--config", str(TINY), "--flush-every", "4", "--no-progress"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_for_parts(process: subprocess.Popen, parts: Path, count: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list(parts.glob("part-*.h5"))) >= count:
+            break
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_a_second_extraction_into_the_same_output_is_refused(images, tmp_path):
+    """While another process's `vlbert extract` writes the output (paused mid-run, so it surely
+    still does), an extraction into it is refused; the other run then completes undisturbed,
+    and once it has ended the output is open to a rerun."""
+    config = load_config(TINY, {"flush_every": 4})
+    output = tmp_path / "f.h5"
+    parts = tmp_path / "f.h5.parts"
+    process = start_extract(images, output)
+    try:
+        wait_for_parts(process, parts, 1)  # it holds the output from before its first part
+        os.kill(process.pid, signal.SIGSTOP)
+        assert process.poll() is None, "the run ended before it could be paused; make it longer"
+        before = {p.name: p.read_bytes() for p in parts.iterdir()}
+        with pytest.raises(ExtractError, match="another `vlbert extract`"):
+            extract(images, output, config, progress=False)
+        assert not output.exists() and {p.name: p.read_bytes() for p in parts.iterdir()} == before  # untouched
+        os.kill(process.pid, signal.SIGCONT)
+        assert process.wait(timeout=120) == 0
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)  # also ends a stopped process
+            process.wait()
+    store = FeatureStore(output)
+    assert sorted(store.ids) == sorted(p.stem for p in images.glob("*.png"))
+    store.close()
+    assert not parts.exists()
+    result = extract(images, output, config, progress=False)
+    assert result.extracted == 0 and result.already_done == COUNT
+    assert not parts.exists()
+
+
+@pytest.mark.slow
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(images, tmp_path):
     config = load_config(TINY, {"flush_every": 4})
     reference = tmp_path / "reference.h5"
@@ -61,17 +113,8 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(images, tmp_path):
 
     output = tmp_path / "killed.h5"
     parts = tmp_path / "killed.h5.parts"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vlbert.cli", "extract", "--images", str(images), "--output", str(output),
-         "--config", str(TINY), "--flush-every", "4", "--no-progress"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if len(list(parts.glob("part-*.h5"))) >= 2:
-            break
-        time.sleep(0.01)
+    process = start_extract(images, output)
+    wait_for_parts(process, parts, 2)
     assert process.poll() is None, "the run ended before it could be killed; make it longer"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

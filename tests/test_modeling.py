@@ -168,9 +168,15 @@ def test_save_and_load_round_trip(tmp_path, tiny_tokenizer):
         expected = model.vlbert(**inputs)
         torch.testing.assert_close(loaded.vlbert(**inputs).last_hidden_state, expected.last_hidden_state)
         torch.testing.assert_close(encoder(**inputs).pooler_output, expected.pooler_output)
-    # the tied decoder really is the word embedding after loading, and is stored once
-    assert loaded.mlm_head._tied[0] is loaded.vlbert.text_embeddings.word_embeddings
+    # the MLM decoder really is the word embedding after loading (stored once): change one, the other follows
     assert not any("decoder" in key for key in load_pretrained(tmp_path / "m")[1])
+    hidden = torch.randn(3, loaded.config.hidden_size)
+    with torch.no_grad():
+        before = loaded.mlm_head(hidden)
+        loaded.get_input_embeddings().weight[7] += 1.0
+        after = loaded.mlm_head(hidden)
+    changed = (after - before).abs().amax(0) > 0
+    assert changed[7] and int(changed.sum()) == 1
 
 
 def test_transformers_auto_classes_read_vlbert_directories(tmp_path):

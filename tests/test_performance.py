@@ -1,10 +1,12 @@
 """The speed work keeps the maths: the packed (unpadded) encoder equals the padded one; the
 benchmarks run end to end at tiny size and print their JSON line."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tiny import tiny_config
@@ -91,6 +93,7 @@ def run_bench(script, *args):
     return json.loads(lines[0])
 
 
+@pytest.mark.slow
 def test_pretrain_step_bench_runs_at_tiny_size():
     result = run_bench("pretrain_step.py", "--size", "tiny", "--steps", "1", "--batch-size", "4")
     # the analytic count is what runs, padded (fixed) and packed (mix)
@@ -116,6 +119,7 @@ def test_explicit_attention_matches_sdpa():
     assert dropped.shape == q.shape and torch.isfinite(dropped).all()
 
 
+@pytest.mark.slow
 def test_loader_bench_runs_at_tiny_size():
     result = run_bench("loader.py", "--images", "48", "--feature-dim", "32", "--batch-size", "8", "--workers", "1", "--rounds", "1")
     assert result["bare_records_per_s"] > 0 and result["loader_records_per_s"] > 0
@@ -143,10 +147,9 @@ def test_per_example_attention_matches_padded_sdpa():
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
 from vlbert.data.collate import collate_inputs, pad_stack  # noqa: E402
-from vlbert.featstore import FeatureStore, FeatureWriter, RegionRecord  # noqa: E402
+from vlbert.featstore import FeatureStore, FeatureStoreError, FeatureWriter, RegionRecord  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 
@@ -175,6 +178,16 @@ def reference(path, image_id):
         }
 
 
+def forbid_h5py_reads(monkeypatch):
+    """From here on, any read through h5py fails the test: what still works is read as raw bytes."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("read through h5py")
+
+    monkeypatch.setattr(h5py.Group, "__getitem__", refuse)  # the h5py read path, and the file's /images group
+    monkeypatch.setattr(h5py.h5g, "open", refuse)  # where arrays lie: looked up once per image
+    monkeypatch.setattr(h5py.h5d, "open", refuse)
+
+
 def assert_same(record, expected):
     assert (record.image_w, record.image_h) == expected["size"]
     for name in ("features", "boxes", "class_probs", "labels"):
@@ -186,19 +199,24 @@ def assert_same(record, expected):
 
 
 @pytest.mark.parametrize("dtype,num_classes,labels", [("float16", 0, False), ("float32", 5, True), ("float16", 5, False)])
-def test_feature_store_raw_reads_equal_h5py_reads(tmp_path, dtype, num_classes, labels):
+def test_feature_store_raw_reads_equal_h5py_reads(tmp_path, monkeypatch, dtype, num_classes, labels):
     path = tmp_path / "f.h5"
     records = write_store(path, dtype, num_classes, labels)
     store = FeatureStore(path)
-    for _ in range(3):  # first read (probe) and later raw reads
+    expected = {r.image_id: reference(path, r.image_id) for r in records}
+    for r in records:  # first read: where the arrays lie is noted
+        assert_same(store[r.image_id], expected[r.image_id])
+        assert store.num_boxes(r.image_id) == r.num_boxes
+    forbid_h5py_reads(monkeypatch)
+    for _ in range(2):  # every later read is raw
         for r in records:
-            assert_same(store[r.image_id], reference(path, r.image_id))
+            assert_same(store[r.image_id], expected[r.image_id])
             assert store.num_boxes(r.image_id) == r.num_boxes
-    assert (store._state == 1).all()  # every image is read raw
+    assert [store.raw_features(r.image_id) for r in records] == [(r.num_boxes, np.dtype(dtype)) for r in records]
     # the arrays are the caller's: changing one changes no later read
     first = store[records[0].image_id]
     first.features[:] = 7
-    assert_same(store[records[0].image_id], reference(path, records[0].image_id))
+    assert_same(store[records[0].image_id], expected[records[0].image_id])
 
 
 def test_feature_store_reads_chunked_and_compressed_arrays_through_h5py(tmp_path):
@@ -213,10 +231,12 @@ def test_feature_store_reads_chunked_and_compressed_arrays_through_h5py(tmp_path
     store = FeatureStore(path)
     for r in records:
         assert_same(store[r.image_id], reference(path, r.image_id))
-    assert store._state.tolist() == [1, 2, 2, 1, 1, 1]
+    assert [store.raw_features(r.image_id) is not None for r in records] == [True, False, False, True, True, True]
+    with pytest.raises(FeatureStoreError, match="cannot read its features into"):  # h5py-read images only whole
+        store.read_into(records[1].image_id, np.empty((1, 16), np.float16))
 
 
-def test_feature_store_with_a_user_block_reads_the_right_bytes(tmp_path):
+def test_feature_store_with_a_user_block_reads_the_right_bytes(tmp_path, monkeypatch):
     """Raw offsets are checked against h5py once per file; a file whose bytes are not where they
     are expected falls back to h5py. A user block shifts every address in the file."""
     plain = tmp_path / "plain.h5"
@@ -227,12 +247,18 @@ def test_feature_store_with_a_user_block_reads_the_right_bytes(tmp_path):
             dst.attrs[key] = value
         src.copy(src["images"], dst, "images")
     store = FeatureStore(shifted)
+    expected = {r.image_id: reference(shifted, r.image_id) for r in records}
     for r in records:
-        assert_same(store[r.image_id], reference(shifted, r.image_id))
-    assert store._raw_ok == {0: True}  # HDF5 reports addresses from the file's start, user block included
+        assert_same(store[r.image_id], expected[r.image_id])
+    # HDF5 reports addresses from the file's start, user block included: the raw reads passed the
+    # check against h5py, and every image is now read raw
+    assert all(store.raw_features(r.image_id) is not None for r in records)
+    forbid_h5py_reads(monkeypatch)
+    for r in records:
+        assert_same(store[r.image_id], expected[r.image_id])
 
 
-def test_forked_loader_workers_share_the_layout_and_batches_pad_with_zeros(tmp_path):
+def test_forked_loader_workers_share_the_layout_and_batches_pad_with_zeros(tmp_path, monkeypatch):
     """Batches built in DataLoader workers (shared memory, zero padding not written) equal batches
     built in this process; what a worker learns about the file is seen by the others."""
     path = tmp_path / "f.h5"
@@ -252,7 +278,10 @@ def test_forked_loader_workers_share_the_layout_and_batches_pad_with_zeros(tmp_p
     loader = torch.utils.data.DataLoader(Examples(), batch_size=4, num_workers=2, collate_fn=collate,
                                          multiprocessing_context="fork")
     batches = list(loader)
-    assert (store._state == 1).all()  # noted by the workers, seen here (this process has read nothing)
+    # noted by the workers, seen here: this process has read nothing, and reads every image raw
+    # without looking up where its arrays lie
+    forbid_h5py_reads(monkeypatch)
+    assert all(store.raw_features(r.image_id) is not None for r in records)
     dataset = Examples()
     for index, batch in enumerate(batches):
         expected = collate([dataset[i] for i in range(index * 4, index * 4 + 4)])
@@ -275,11 +304,21 @@ def test_feature_store_falls_back_to_h5py_when_raw_bytes_disagree(tmp_path, monk
     path = tmp_path / "f.h5"
     records = write_store(path)
     store = FeatureStore(path)
-    find = store._find_layout
-    monkeypatch.setattr(store, "_find_layout", lambda *a: (lambda o, c, s: ([x + 2 if x >= 0 else x for x in o], c, s))(*find(*a)))
+    preadv, raw_reads = os.preadv, []
+
+    def misplaced(fd, buffers, offset):  # the bytes are not where the file says: 2 bytes off
+        raw_reads.append(offset)
+        return preadv(fd, buffers, offset + 2)
+
+    monkeypatch.setattr(os, "preadv", misplaced)
+    assert_same(store[records[0].image_id], reference(path, records[0].image_id))
+    checked = len(raw_reads)
+    assert checked > 0  # the first read of the file compared raw bytes with h5py's read
     for r in records:
         assert_same(store[r.image_id], reference(path, r.image_id))
-    assert store._raw_ok == {0: False} and (store._state == 2).all()
+    # once the check failed, the file is read through h5py only: no image is read raw again
+    assert len(raw_reads) == checked
+    assert all(store.raw_features(r.image_id) is None for r in records)
 
 
 @pytest.mark.parametrize("max_regions", [100, 3])

@@ -40,6 +40,7 @@ def test_fit_from_yaml_saves_config_checkpoint_and_export(tiny_world, tmp_path):
     assert checkpoint["global_step"] == 4
     assert checkpoint["hyper_parameters"]["model"]["hidden_size"] == 32  # the resolved config travels with it
     assert checkpoint["vlbert_features"]["feature_dim"] == 64
+    assert checkpoint["vlbert_job"] == "pretrain" and "export_dir" not in checkpoint["hyper_parameters"]
     assert (tmp_path / "export" / "model.safetensors").exists()
     assert vlbert(["export", "--checkpoint", str(checkpoint_path), "--out", str(tmp_path / "exported")]) == 0
     exported = load_file(tmp_path / "exported" / "model.safetensors")
@@ -56,8 +57,11 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(tiny_world, tmp_path, mix
     straight = tiny_pretrain_args(tiny_world, tmp_path / "a", **common, **{"model.export_dir": tmp_path / "a_out"})
     assert vlbert(["pretrain", "fit", *straight, *checkpoint_every(3)]) == 0
     step3 = next((tmp_path / "a").rglob("step=3.ckpt"))
+    first_export = (tmp_path / "a_out" / "model.safetensors").stat().st_mtime_ns
     resumed = tiny_pretrain_args(tiny_world, tmp_path / "b", **common, **{"model.export_dir": tmp_path / "b_out"})
     assert vlbert(["pretrain", "fit", *resumed, *checkpoint_every(3), f"--ckpt_path={step3}"]) == 0
+    # the resumed run exports where its own command line says, never to the first run's export_dir
+    assert (tmp_path / "a_out" / "model.safetensors").stat().st_mtime_ns == first_export
     final = torch.load(next((tmp_path / "b").rglob("step=6.ckpt")), map_location="cpu", weights_only=True)
     assert final["global_step"] == 6  # the step count continued from 3
     a, b = load_file(tmp_path / "a_out" / "model.safetensors"), load_file(tmp_path / "b_out" / "model.safetensors")
@@ -97,6 +101,7 @@ def test_unknown_config_key_is_refused(tiny_world, tmp_path, capsys):
     assert "hiden_size" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_process_cpu_ddp(tiny_world, tmp_path):
     args = tiny_pretrain_args(tiny_world, tmp_path, **{
         "trainer.max_steps": 3, "trainer.devices": 2, "trainer.strategy": "ddp", "trainer.limit_val_batches": 2,

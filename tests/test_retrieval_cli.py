@@ -133,6 +133,7 @@ def test_test_reports_recall_and_dumps_the_score_matrix(tiny_world, fitted, tmp_
     assert dump.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_sharded_ddp_evaluation_equals_single_process(tiny_world, fitted, tmp_path):
     """2 CPU processes (gloo) each score half of the test images' rows against every caption;
     the gathered matrix, its recall and the dump are the single-process ones."""

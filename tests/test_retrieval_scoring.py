@@ -75,6 +75,7 @@ def _sharded_worker(rank, world, init_file, out_file):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sharded_scoring_equals_single_process(tmp_path):
     tokens, features, locations, mask = toy_world()
     single = gather_rows(

@@ -4,7 +4,6 @@ A backend module is imported only when its backend is chosen, so detectron2 stay
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,11 +36,13 @@ class Backend(Protocol):
         """Regions for given boxes [N_i, 4] (image pixels), in the given order."""
 
 
-_MODULES = {"torchvision": "vlbert.features.backends.torchvision", "detectron2": "vlbert.features.backends.detectron2"}
-
-
 def backend_module(config: ExtractConfig):
-    return importlib.import_module(_MODULES[config.backend])
+    """The backend's module, imported when it is asked for (detectron2 is an optional dependency)."""
+    if config.backend == "detectron2":
+        from vlbert.features.backends import detectron2 as module
+    else:
+        from vlbert.features.backends import torchvision as module
+    return module
 
 
 def build_backend(config: ExtractConfig, device: torch.device) -> Backend:

@@ -8,33 +8,19 @@ from __future__ import annotations
 import sys
 import warnings
 
-from lightning.pytorch.cli import LightningCLI
+from vlbert.training.cli import VLBertCLI
 
 from .datamodule import RetrievalDataModule
 from .module import RetrievalModule
 
 
-class RetrievalCLI(LightningCLI):
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        return {
-            "fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
-            "validate": {"model", "dataloaders", "datamodule"},
-            "test": {"model", "dataloaders", "datamodule"},
-        }
+class RetrievalCLI(VLBertCLI):
+    subcommand_names = ("fit", "validate", "test")
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # called from Python with args
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__`")  # workers split blocks exactly
-    RetrievalCLI(
-        RetrievalModule,
-        RetrievalDataModule,
-        args=argv,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "vlbert retrieval"},
-    )
-    return 0
+    return RetrievalCLI.run(RetrievalModule, RetrievalDataModule, argv, "vlbert retrieval")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,11 @@
 batches with sampled negatives, and per-rank image blocks for all-pairs evaluation."""
 from __future__ import annotations
 
-import lightning as L
 from torch.utils.data import DataLoader
 
-from vlbert.data.samplers import EpochSampler, TaskBatchSampler, consumed_state, take_batch_position
 from vlbert.data.tokenizer import load_tokenizer
 from vlbert.featstore import FeatureStore
+from vlbert.training.data import TrainingDataModule
 
 from .data import IMAGE_ID_SOURCES, RetrievalSplit, load_split
 from .dataset import ImageBlocks, RetrievalTrainDataset, tokenize_captions
@@ -37,7 +36,7 @@ class EvaluationBatches:
             yield {**block, "evaluation": self.evaluation}
 
 
-class RetrievalDataModule(L.LightningDataModule):
+class RetrievalDataModule(TrainingDataModule):
     def __init__(
         self,
         annotations: str,
@@ -128,10 +127,6 @@ class RetrievalDataModule(L.LightningDataModule):
         if stage in ("test", None):
             self._load("test")
 
-    @property
-    def feature_header(self) -> dict:
-        return {"feature_dim": self.store.feature_dim, "num_classes": self.store.num_classes, "provenance": self.store.provenance}
-
     # -- evaluation inputs ----------------------------------------------------------------
 
     def eval_split(self, stage: str) -> RetrievalSplit:
@@ -162,48 +157,12 @@ class RetrievalDataModule(L.LightningDataModule):
     # -- loaders --------------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
-        hp = self.hparams
         dataset = self.train_dataset
-        resume, self._resume = getattr(self, "_resume", None), None
-        batch_sampler = TaskBatchSampler(
-            EpochSampler(len(dataset), shuffle=True, seed=hp.seed),
-            batch_size=hp.batch_size,
-            drop_last=False,
-            tasks=("retrieval",),
-            lengths=dataset.text_lengths() if hp.bucket_by_length else None,
-            seed=hp.seed,
-            resume_epoch=(resume or {}).get("epoch", -1),
-            resume_batches=(resume or {}).get("batches", 0),
-        )
-        return DataLoader(
-            dataset,
-            batch_sampler=batch_sampler,
-            num_workers=hp.num_workers,
-            collate_fn=dataset.collate,
-            persistent_workers=hp.num_workers > 0,
-        )
+        return self.task_loader(dataset, dataset.collate, train=True, batch_size=self.hparams.batch_size, tasks=("retrieval",),
+                                lengths=dataset.text_lengths() if self.hparams.bucket_by_length else None)
 
     def val_dataloader(self) -> EvaluationBatches:
         return self._eval_loader("val")
 
     def test_dataloader(self) -> EvaluationBatches:
         return self._eval_loader("test")
-
-    # Exact resume: remember how far into its epoch the run was, and skip those batches.
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        """Lightning calls this in the main process for each batch it is about to use, after the
-        DataLoader's workers (which read ahead); training batches carry their position, which is
-        taken off here (it is no model input) and kept as the last batch training consumed."""
-        position = take_batch_position(batch)
-        if position is not None and (self.trainer is None or self.trainer.training):
-            self._consumed = consumed_state(position)
-        return batch
-
-    def state_dict(self) -> dict:
-        """{"epoch": e, "batches": batches of epoch e consumed}, of the last training batch
-        consumed (or of the checkpoint this run resumed from); {} before any."""
-        return dict(getattr(self, "_consumed", None) or {})
-
-    def load_state_dict(self, state: dict) -> None:
-        self._resume = state or None
-        self._consumed = dict(state) if state else None

@@ -6,23 +6,13 @@ built over it and the data gets the model's (a link, so the two cannot disagree)
 """
 from __future__ import annotations
 
-import warnings
-
-from lightning.pytorch.cli import LightningCLI
-
 from vlbert.tasks.vqa.datamodule import VQADataModule, vocab_from_annotations
 from vlbert.tasks.vqa.module import VQAModule, answer_vocab
+from vlbert.training.cli import VLBertCLI
 
 
-class VQACLI(LightningCLI):
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        return {
-            "fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
-            "validate": {"model", "dataloaders", "datamodule"},
-            "test": {"model", "dataloaders", "datamodule"},
-            "predict": {"model", "dataloaders", "datamodule", "return_predictions"},
-        }
+class VQACLI(VLBertCLI):
+    subcommand_names = ("fit", "validate", "test", "predict")
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model", "data.answers", compute_fn=lambda model: model.vocab, apply_on="instantiate")
@@ -37,12 +27,4 @@ class VQACLI(LightningCLI):
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # called from Python with args
-    VQACLI(
-        VQAModule,
-        VQADataModule,
-        args=argv,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "vlbert vqa"},
-    )
-    return 0
+    return VQACLI.run(VQAModule, VQADataModule, argv, "vlbert vqa")

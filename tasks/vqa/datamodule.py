@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -25,6 +24,7 @@ from vlbert.tasks.vqa.data import (
     select_for_training,
 )
 from vlbert.tasks.vqa.dataset import VQADataset, collate_vqa
+from vlbert.training.data import TrainingDataModule
 
 SPLITS = ("train", "val", "test", "predict")
 
@@ -35,7 +35,7 @@ def _as_list(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-class VQADataModule(L.LightningDataModule):
+class VQADataModule(TrainingDataModule):
     def __init__(
         self,
         features: str | list[str],
@@ -143,10 +143,6 @@ class VQADataModule(L.LightningDataModule):
         for split in needed.get(stage, ()):
             if not self.examples[split] and split != "val":
                 raise ValueError(f"vqa {stage} needs data.{split}_questions")
-
-    @property
-    def feature_header(self) -> dict:
-        return {"feature_dim": self.store.feature_dim, "num_classes": self.store.num_classes, "provenance": self.store.provenance}
 
     def dataset(self, split: str) -> VQADataset:
         """The split's dataset, with soft targets against the current vocabulary where answers exist."""

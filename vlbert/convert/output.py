@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from torch import nn
 
 from vlbert.convert.state import ConversionError, Converted
 from vlbert.modeling import VLBertConfig, VLBertForPretraining, VLBertForVQA, VLBertPreTrainedModel

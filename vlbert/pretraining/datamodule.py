@@ -3,19 +3,17 @@ from __future__ import annotations
 
 from functools import partial
 
-import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
 from vlbert.data.annotations import load_pairs
-from vlbert.data.samplers import EpochSampler, TaskBatchSampler, consumed_state, take_batch_position
 from vlbert.data.tokenizer import load_tokenizer
 from vlbert.featstore import FeatureStore, FeatureStoreError
 from vlbert.pretraining.dataset import PretrainDataset, collate_pretrain
 from vlbert.pretraining.objectives import Objectives
+from vlbert.training.data import TrainingDataModule
 
 
-class PretrainDataModule(L.LightningDataModule):
+class PretrainDataModule(TrainingDataModule):
     def __init__(
         self,
         features: str | list[str],
@@ -76,11 +74,7 @@ class PretrainDataModule(L.LightningDataModule):
         if self.objectives.needs_class_labels and self.store.num_classes == 0:
             raise FeatureStoreError("objectives.mrc > 0 needs detector class labels; the feature store has none: set objectives.mrc: 0")
 
-    @property
-    def feature_header(self) -> dict:
-        return {"feature_dim": self.store.feature_dim, "num_classes": self.store.num_classes, "provenance": self.store.provenance}
-
-    def _loader(self, split: str, train: bool, resume: dict | None = None) -> DataLoader:
+    def _loader(self, split: str, train: bool) -> DataLoader:
         hp = self.hparams
         dataset = self.datasets[split]
         objectives = self.objectives
@@ -90,51 +84,14 @@ class PretrainDataModule(L.LightningDataModule):
             tasks, weights = ["mix"], None
         else:
             tasks, weights = objectives.enabled(), None
-        batch_sampler = TaskBatchSampler(
-            EpochSampler(len(dataset), shuffle=train, seed=hp.seed),
-            batch_size=hp.batch_size if train else (hp.val_batch_size or hp.batch_size),
-            drop_last=False,
-            tasks=tasks,
-            weights=weights,
-            every_task=not train,
+        return self.task_loader(
+            dataset, partial(collate_pretrain, pad_token_id=self.tokenizer.pad_token_id), train,
+            batch_size=hp.batch_size if train else (hp.val_batch_size or hp.batch_size), tasks=tasks, weights=weights,
             lengths=dataset.text_lengths() if (train and hp.bucket_by_length) else None,
-            seed=hp.seed,
-            resume_epoch=(resume or {}).get("epoch", -1),
-            resume_batches=(resume or {}).get("batches", 0),
-        )
-        return DataLoader(
-            dataset,
-            batch_sampler=batch_sampler,
-            num_workers=hp.num_workers,
-            collate_fn=partial(collate_pretrain, pad_token_id=self.tokenizer.pad_token_id),
-            persistent_workers=hp.num_workers > 0,
-            # Its own generator: creating the iterator (again, on resume) must not draw from the
-            # global RNG that dropout uses.
-            generator=torch.Generator().manual_seed(hp.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        resume, self._resume = getattr(self, "_resume", None), None
-        return self._loader("train", train=True, resume=resume)
+        return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", train=False) if "val" in self.datasets else []
-
-    # Exact resume: remember how far into its epoch the run was, and skip those batches.
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        """Lightning calls this in the main process for each batch it is about to use, after the
-        DataLoader's workers (which read ahead); training batches carry their position, which is
-        taken off here (it is no model input) and kept as the last batch training consumed."""
-        position = take_batch_position(batch)
-        if position is not None and (self.trainer is None or self.trainer.training):
-            self._consumed = consumed_state(position)
-        return batch
-
-    def state_dict(self) -> dict:
-        """{"epoch": e, "batches": batches of epoch e consumed}, of the last training batch
-        consumed (or of the checkpoint this run resumed from); {} before any."""
-        return dict(getattr(self, "_consumed", None) or {})
-
-    def load_state_dict(self, state: dict) -> None:
-        self._resume = state or None
-        self._consumed = dict(state) if state else None
