@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
-from tiny import tiny_config
+from tiny import random_inputs, tiny_config
 from vlbert import VLBertForPretraining, VLBertForVQA, VLBertModel
 from vlbert.pretraining.module import PretrainModule
 from vlbert.tasks.retrieval.module import RetrievalModule
@@ -16,17 +16,6 @@ from vlbert.training.checkpoints import CheckpointError, read_checkpoint
 from vlbert.training.export import export_checkpoint
 
 ANSWERS = ["yes", "no", "2", "red"]
-
-
-def inputs(batch=2, text=6, regions=4, dim=64):
-    g = torch.Generator().manual_seed(1)
-    return {
-        "input_ids": torch.randint(5, 150, (batch, text), generator=g),
-        "text_mask": torch.ones(batch, text, dtype=torch.bool),
-        "region_features": torch.randn(batch, regions, dim, generator=g),
-        "region_locations": torch.rand(batch, regions, 7, generator=g),
-        "region_mask": torch.ones(batch, regions, dtype=torch.bool),
-    }
 
 
 def write_v01_directory(directory, model, answers=None):
@@ -44,7 +33,7 @@ def write_v01_directory(directory, model, answers=None):
 def test_a_v01_pretraining_directory_loads(tmp_path):
     model = VLBertForPretraining(tiny_config()).eval()
     old = write_v01_directory(tmp_path / "old", model)
-    batch = inputs()
+    batch = random_inputs()
     with torch.no_grad():
         expected = model(**batch).pooler_output
         torch.testing.assert_close(VLBertForPretraining.from_pretrained(old).eval()(**batch).pooler_output, expected)
@@ -61,8 +50,9 @@ def test_a_v01_vqa_directory_loads_with_its_answers(tmp_path):
     old = write_v01_directory(tmp_path / "old", model, ANSWERS)
     loaded = VLBertForVQA.from_pretrained(old).eval()
     assert loaded.answers == ANSWERS
+    batch = random_inputs()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**inputs()).logits, model(**inputs()).logits)
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
     tuned = VQAModule(init_from=str(old))  # its answers, its head
     assert tuned.vocab.answers == ANSWERS
     assert torch.equal(tuned.model.vqa_head.classifier.weight, model.vqa_head.classifier.weight)

@@ -5,21 +5,10 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, BertConfig, BertForPreTraining, BertModel
 
-from tiny import tiny_config
+from tiny import random_inputs, tiny_config
 from vlbert import VLBertConfig, VLBertForPretraining, VLBertModel
 from vlbert.modeling.pretrained import load_bert_into, load_pretrained
 from vlbert.training.export import write_model_directory
-
-
-def random_inputs(batch=3, text=7, regions=5, dim=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "input_ids": torch.randint(5, 150, (batch, text), generator=g),
-        "text_mask": torch.ones(batch, text, dtype=torch.bool),
-        "region_features": torch.randn(batch, regions, dim, generator=g),
-        "region_locations": torch.rand(batch, regions, 7, generator=g),
-        "region_mask": torch.ones(batch, regions, dtype=torch.bool),
-    }
 
 
 @pytest.mark.parametrize("style", ["uniter", "visualbert"])

@@ -1,6 +1,8 @@
 """Tiny sizes and CLI arguments shared by the tests."""
 from __future__ import annotations
 
+import torch
+
 from vlbert.modeling.config import VLBertConfig
 
 
@@ -19,6 +21,18 @@ def tiny_config(**overrides) -> VLBertConfig:
     )
     values.update(overrides)
     return VLBertConfig(**values)
+
+
+def random_inputs(batch=3, text=7, regions=5, dim=64, seed=0) -> dict[str, torch.Tensor]:
+    """Model inputs of random tokens and regions, nothing padded."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(5, 150, (batch, text), generator=g),
+        "text_mask": torch.ones(batch, text, dtype=torch.bool),
+        "region_features": torch.randn(batch, regions, dim, generator=g),
+        "region_locations": torch.rand(batch, regions, 7, generator=g),
+        "region_mask": torch.ones(batch, regions, dtype=torch.bool),
+    }
 
 
 def tiny_pretrain_args(world, root, **extra) -> list[str]:

@@ -95,6 +95,7 @@ class RetrievalModule(TrainingModule):
         self.eval_pairs_per_batch = eval_pairs_per_batch
         self.dump_scores = dump_scores
         self._eval: dict | None = None
+        self._eval_started = 0.0
         self.last_metrics: dict[str, float] = {}
         self.record_hyperparameters(bert=bert, init_from=init_from, negatives=negatives, optimization=self.optimization,
                                     eval_pairs_per_batch=eval_pairs_per_batch, dropout=dropout)
@@ -211,7 +212,7 @@ class RetrievalModule(TrainingModule):
                 "evaluation": evaluation,
                 "captions": evaluation.captions.to(self.device),
                 "scores": torch.full((len(evaluation.rows), evaluation.split.num_captions), math.nan, device=self.device),
-                "start": time.perf_counter(),
+                "start": self._eval_started,
             }
         state = self._eval
         block = ImageBlock(batch["region_features"], batch["region_locations"], batch["region_mask"], batch["rows"])
@@ -259,7 +260,7 @@ class RetrievalModule(TrainingModule):
                 "caption_image": split.caption_image,
                 "metrics": metrics,
                 "source": split.source,
-                "seconds": seconds,  # evaluation wall time (tokenization, loading, scoring, gather)
+                "seconds": seconds,  # evaluation wall time (loading, scoring, gather; captions are tokenized once, before)
                 "world_size": self.trainer.world_size,
             },
             tmp,
@@ -268,7 +269,7 @@ class RetrievalModule(TrainingModule):
         log.info("wrote the %dx%d score matrix to %s", *scores.shape, path)
 
     def on_validation_epoch_start(self) -> None:
-        self._eval = None
+        self._eval, self._eval_started = None, time.perf_counter()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch)
@@ -277,7 +278,7 @@ class RetrievalModule(TrainingModule):
         self._eval_end()
 
     def on_test_epoch_start(self) -> None:
-        self._eval = None
+        self._eval, self._eval_started = None, time.perf_counter()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch)
