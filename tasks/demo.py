@@ -284,5 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         retrieval_args(world, features, out / "retrieval", init_from=pretraining["export"], feature_dim=int(dim), steps=400)
     )
     results["seconds"] = round(time.time() - started, 1)
-    print(json.dumps(results))
+    from vlbert.tasks.demo_summary import write_summary
+
+    print(f"summary: {write_summary(results, out)}", flush=True)
+    print(json.dumps(results))  # the last line: every metric measured
     return 0

@@ -34,6 +34,12 @@ def run_import_tsv(argv: list[str]) -> int | None:
     return command(argv)
 
 
+def run_show_features(argv: list[str]) -> int | None:
+    from vlbert.features.show import main as command
+
+    return command(argv)
+
+
 def run_pretrain(argv: list[str]) -> int | None:
     from vlbert.pretraining.cli import main as command
 
@@ -82,6 +88,12 @@ def run_demo(argv: list[str]) -> int | None:
     return command(argv)
 
 
+def run_plot(argv: list[str]) -> int | None:
+    from vlbert.training.plots import main as command
+
+    return command(argv)
+
+
 def run_configs(argv: list[str]) -> int | None:
     from vlbert.resources import main as command
 
@@ -94,6 +106,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int | None], str]] = {
     "extract": (run_extract, "extract Faster R-CNN region features from images to HDF5"),
     "merge-features": (run_merge_features, "merge feature shards into one file"),
     "import-tsv": (run_import_tsv, "convert bottom-up-attention TSV features to the vlbert schema"),
+    "show-features": (run_show_features, "draw one image's stored regions (boxes, classes, scores) to a picture"),
     "pretrain": (run_pretrain, "pretrain the encoder (LightningCLI: fit, validate)"),
     "export": (run_export, "export a pretrain / vqa / retrieval checkpoint to a model directory"),
     "vqa": (run_vqa, "fine-tune / evaluate / predict VQA (LightningCLI)"),
@@ -102,6 +115,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int | None], str]] = {
     "retrieval": (run_retrieval, "fine-tune / evaluate image-text retrieval (LightningCLI)"),
     "convert": (run_convert, "convert VisualBERT / UNITER checkpoints to and from vlbert"),
     "demo": (run_demo, "the whole pipeline on the synthetic world (what `make demo` runs)"),
+    "plot": (run_plot, "loss and metric curves of a run's logs as a PNG"),
     "configs": (run_configs, "print where the shipped YAML configs are and list them"),
 }
 

@@ -9,6 +9,13 @@ features came from, with the same settings: both are read from the model directo
 features.json (the feature file's provenance), and the rebuilt detector is checked against it.
 A detector weights file is not stored in the model directory: pass it with ``--detector-weights``
 (its SHA-256 must match). With ``--features`` / ``--image-id`` the stored regions are used.
+
+``--save-image out.png`` also draws, per question, the regions on the image with the ones the
+answer relied on most highlighted, beside the top answers and their scores (`answer_figure`).
+"Relied on" is read from the attention of [CLS] (query position 0) to the region positions in the
+last encoder layer, averaged over heads (`region_attention`). With ``--features`` the picture is
+drawn on ``--image`` when given (the regions still come from the store), else on a blank canvas of
+the stored image size.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -132,24 +140,92 @@ def stored_regions(features: str, image_id: str, provenance: dict | None):
     return record.features, record.boxes, record.image_w, record.image_h
 
 
+def question_batch(tokenizer, questions: list[str], regions: tuple, max_text_len: int, max_regions: int) -> dict:
+    """The model inputs of every question about one image: the same first `max_regions` regions each."""
+    features, boxes, width, height = regions
+    features = np.asarray(features[:max_regions], dtype=np.float32)
+    locations = box_locations(np.asarray(boxes[:max_regions]), width, height)
+    encoded = tokenizer(questions, truncation=True, max_length=max_text_len)["input_ids"]
+    return collate_inputs(
+        [{"input_ids": np.asarray(ids, dtype=np.int64), "region_features": features, "region_locations": locations} for ids in encoded],
+        tokenizer.pad_token_id,
+    )
+
+
 @torch.no_grad()
 def answer_questions(model: VLBertForVQA, tokenizer, questions: list[str], regions: tuple, max_text_len: int,
                      max_regions: int, top_k: int = 5) -> list[list[tuple[str, float]]]:
     """Top-k (answer, score) per question; a score is the sigmoid of the answer's logit, the
     model's estimate of that answer's VQA accuracy."""
-    features, boxes, width, height = regions
-    features = np.asarray(features[:max_regions], dtype=np.float32)
-    locations = box_locations(np.asarray(boxes[:max_regions]), width, height)
-    encoded = tokenizer(questions, truncation=True, max_length=max_text_len)["input_ids"]
-    batch = collate_inputs(
-        [{"input_ids": np.asarray(ids, dtype=np.int64), "region_features": features, "region_locations": locations} for ids in encoded],
-        tokenizer.pad_token_id,
-    )
+    batch = question_batch(tokenizer, questions, regions, max_text_len, max_regions)
     model.eval()
     scores = torch.sigmoid(model(**batch).logits.float())
     top = scores.topk(min(top_k, scores.shape[1]), dim=-1)
     answers = model.answers
     return [[(answers[int(i)], float(s)) for s, i in zip(row_s, row_i)] for row_s, row_i in zip(top.values, top.indices)]
+
+
+@torch.no_grad()
+def region_attention(model: VLBertForVQA, tokenizer, questions: list[str], regions: tuple, max_text_len: int,
+                     max_regions: int) -> np.ndarray:
+    """[Q, R]: per question, the attention probability from [CLS] (query position 0) to each of the
+    R regions given to the model, in the last encoder layer, averaged over heads. A row sums to the
+    share of [CLS]'s attention that goes to regions (the rest goes to the question's tokens)."""
+    batch = question_batch(tokenizer, questions, regions, max_text_len, max_regions)
+    model.eval()
+    last = model.vlbert(**batch, output_attentions=True).attentions[-1]  # [Q, heads, T + R, T + R]
+    text_len = batch["input_ids"].shape[1]  # regions follow the (padded) text
+    return last[:, :, 0, text_len:].mean(1).cpu().numpy()
+
+
+def answer_figure(questions: list[str], results: list[list[tuple[str, float]]], attention: np.ndarray, boxes: np.ndarray,
+                  width: int, height: int, pixels: np.ndarray | None, highlight: int = 3, num_heads: int | None = None,
+                  total_regions: int | None = None):
+    """One row per question: the image (or a blank canvas) with every region given to the model
+    outlined thinly and the `highlight` most attended ones in colour, tagged '#row share'; beside
+    it, the top answers and their scores. attention [Q, R] (`region_attention`); boxes [>= R, 4]."""
+    from matplotlib.figure import Figure
+
+    from vlbert.features.drawing import PALETTE, blank_canvas, draw_boxes, show_image
+
+    regions = attention.shape[1]
+    boxes = np.asarray(boxes)[:regions]
+    image_w_in = 4.8 * width / max(width, height)
+    image_h_in = 4.8 * height / max(width, height)
+    row_h_in = max(image_h_in, 0.3 * len(results[0]) + 1.2) + 0.5
+    figure = Figure(figsize=(image_w_in + 4.6, row_h_in * len(questions) + 0.7), dpi=100, layout="constrained")
+    axes = figure.subplots(len(questions), 2, squeeze=False, width_ratios=[image_w_in, 4.6])
+    for (image_ax, bars_ax), question, top, weights in zip(axes, questions, results, attention):
+        show_image(image_ax, blank_canvas() if pixels is None else pixels, width, height)
+        draw_boxes(image_ax, boxes, ["white"] * len(boxes), linewidth=1.0, linestyle=(0, (4, 2)), halo=0.8)
+        order = np.argsort(-weights, kind="stable")[:highlight]
+        # the least attended of the highlighted drawn first, so the most attended is on top
+        order = order[::-1]
+        draw_boxes(image_ax, boxes[order], [PALETTE[rank] for rank in range(len(order))][::-1], linewidth=2.6,
+                   tags=[f"#{row} · {weights[row]:.0%}" for row in order])
+        image_ax.set_title(f"[CLS] → regions: {weights.sum():.0%} of its attention", fontsize=9, color="0.3")
+        answers = [a for a, _ in top][::-1]
+        scores = [s for _, s in top][::-1]
+        colors = ["0.75"] * (len(top) - 1) + ["#1f6fd1"]
+        bars_ax.barh(range(len(top)), scores, color=colors, height=0.7)
+        bars_ax.set_yticks(range(len(top)), answers, fontsize=10)
+        for y, score in enumerate(scores):
+            bars_ax.text(min(score, 1.0) + 0.01, y, f"{score:.3f}", va="center", fontsize=9)
+        bars_ax.set_xlim(0, 1.12)
+        bars_ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+        bars_ax.tick_params(axis="x", labelsize=8)
+        bars_ax.spines[["top", "right"]].set_visible(False)
+        bars_ax.set_title(textwrap.fill(f"Q: {question}", 52), fontsize=11, loc="left", fontweight="bold")
+    heads = f" over {num_heads} heads" if num_heads else " over heads"
+    given = f"{regions} regions given to the model" + (f" (the first {regions} of {total_regions})" if total_regions and total_regions > regions else "")
+    figure.supxlabel(
+        f"Dashed boxes: the {given}. Coloured: the {min(highlight, regions)} regions [CLS] "
+        f"attends to most in the last encoder layer,\naveraged{heads}; tag = region row · share of [CLS]'s attention. "
+        "Bars: top answers, score = sigmoid of the answer's logit."
+        + ("\nNo image given: drawn on a blank canvas of the stored image size." if pixels is None else ""),
+        fontsize=8, color="0.3",
+    )
+    return figure
 
 
 def load_vqa_model(directory: str | Path) -> VLBertForVQA:
@@ -176,22 +252,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detector-weights", help="detector weights file, when the training features came from one")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--save-image", metavar="PATH",
+                        help="also draw the regions, the most attended ones and the top answers to a picture (.png, .pdf, .svg); "
+                             "with --features, drawn on --image when given, else on a blank canvas")
+    parser.add_argument("--highlight", type=int, default=3, metavar="N", help="regions to highlight in --save-image")
     return parser
+
+
+def save_answer_figure(args, model, tokenizer, inputs: dict, regions: tuple, results, picture) -> None:
+    """Write `answer_figure` for the command's questions to args.save_image."""
+    from vlbert.features.drawing import check_same_image, save_figure
+
+    _, boxes, width, height = regions
+    pixels = None
+    if picture is not None:
+        pixels, image_w, image_h = picture
+        check_same_image((image_w, image_h), (width, height), args.image)
+    attention = region_attention(model, tokenizer, args.question, regions, inputs["max_text_len"], inputs["max_regions"])
+    figure = answer_figure(args.question, results, attention, boxes, width, height, pixels, args.highlight,
+                           model.config.num_attention_heads, total_regions=len(boxes))
+    save_figure(figure, args.save_image)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.image is None) == (args.features is None):
+    if args.image is None and args.features is None:
         parser.error("give either --image, or --features with --image-id")
     if args.features is not None and args.image_id is None:
         parser.error("--features needs --image-id")
+    if args.features is not None and args.image is not None and args.save_image is None:
+        parser.error("--image with --features is only drawn on, with --save-image (the regions come from --features)")
+    if args.highlight < 1:
+        parser.error("--highlight must be at least 1")
     try:
         model = load_vqa_model(args.model)
         tokenizer = load_tokenizer(args.model)
         inputs = model_inputs(args.model)
-        header = features_provenance(args.model) if args.image else None
-        if args.image:
+        picture = None
+        if args.save_image is not None and args.image is not None:
+            from vlbert.features.drawing import load_image
+
+            picture = load_image(args.image)  # before any work: an unreadable image fails at once
+        if args.features is None:
+            header = features_provenance(args.model)
             regions = detect_regions(args.image, header.get("provenance", {}), args.detector_weights, args.device)
         else:
             stored_header = Path(args.model) / "features.json"
@@ -200,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(regions[0]) == 0:
             raise AnswerError("the detector found no regions in the image")
         results = answer_questions(model, tokenizer, args.question, regions, inputs["max_text_len"], inputs["max_regions"], args.top_k)
+        if args.save_image is not None:
+            save_answer_figure(args, model, tokenizer, inputs, regions, results, picture)
     except (AnswerError, ValueError, FileNotFoundError) as err:
         print(f"vlbert answer: error: {err}", file=sys.stderr)
         return 1
@@ -211,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             print(question)
             for answer, score in top:
                 print(f"  {score:.3f}  {answer}")
+    if args.save_image is not None:
+        print(f"vlbert answer: wrote {args.save_image}", file=sys.stderr)
     return 0
 
 

@@ -144,6 +144,24 @@ class SelfAttention(nn.Module):
                 context = packing.pack(context)
         return self.LayerNorm(hidden + self.dropout(self.out(context)))
 
+    def attention_probs(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The attention probabilities forward's SDPA uses, written out (before attention dropout):
+        softmax(q k^T / sqrt(d) + mask), float32. hidden [B, L, H] (zeros at padded positions);
+        attention_mask as forward's, or an additive float mask -> [B, heads, L, L] (query, key).
+        Zero at padded keys, and, for a [B, 1, 1, L] bool mask, in the rows of padded queries."""
+        batch, length = hidden.shape[0], hidden.shape[1]
+        parts = self.qkv(hidden).float().view(batch, length, 3, self.num_heads, self.head_dim).unbind(2)
+        q, k = (part.transpose(1, 2) for part in parts[:2])  # [B, heads, L, d] each
+        scores = torch.matmul(q * self.head_dim**-0.5, k.transpose(-1, -2))
+        if attention_mask is None:
+            return scores.softmax(-1)
+        if attention_mask.dtype != torch.bool:
+            return (scores + attention_mask.float()).softmax(-1)
+        probs = scores.masked_fill(~attention_mask, float("-inf")).softmax(-1)
+        if attention_mask.shape[1:3] == (1, 1):
+            probs = probs * attention_mask.transpose(-1, -2)  # key mask as a query mask [B, 1, L, 1]
+        return probs
+
     def padded_attention(self, qkv: torch.Tensor, attention_mask: torch.Tensor | None, dropout: float) -> torch.Tensor:
         """qkv [B, L, 3H] -> context [B, L, H]."""
         batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
@@ -191,18 +209,28 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = config.gradient_checkpointing
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """hidden [B, L, H]; attention_mask [B, 1, 1, L] bool or None (nothing padded) -> [B, L, H]."""
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """hidden [B, L, H]; attention_mask [B, 1, 1, L] bool or None (nothing padded) -> [B, L, H].
+
+        output_attentions: also return every layer's attention probabilities, ([B, heads, L, L],
+        ...) first layer first (SelfAttention.attention_probs). They are computed only when asked,
+        beside (not instead of) the layers' own attention, whose path is the same either way."""
         packing = None
         if attention_mask is not None and attention_mask.dtype == torch.bool and attention_mask.shape[1:3] == (1, 1):
             packing = Packing.from_key_mask(attention_mask)
             hidden = packing.pack(hidden)
+        attentions = []
         for layer in self.layers:
+            if output_attentions:
+                attentions.append(layer.attention.attention_probs(hidden if packing is None else packing.unpack(hidden), attention_mask))
             if self.gradient_checkpointing and self.training:
                 hidden = checkpoint(layer, hidden, attention_mask, packing, use_reentrant=False)
             else:
                 hidden = layer(hidden, attention_mask, packing)
-        return hidden if packing is None else packing.unpack(hidden)
+        hidden = hidden if packing is None else packing.unpack(hidden)
+        return (hidden, tuple(attentions)) if output_attentions else hidden
 
 
 class Pooler(nn.Module):

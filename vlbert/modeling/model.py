@@ -106,16 +106,25 @@ class VLBertModel(VLBertPreTrainedModel):
         region_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         region_masked: torch.Tensor | None = None,
+        output_attentions: bool = False,
     ) -> BaseModelOutputWithPooling:
         """input_ids/text_mask [B, T]; region_features [B, R, D]; region_locations [B, R, 7];
         region_mask [B, R]. Masks are True where there is a real token / region; region_masked
         [B, R] is True where a region is masked for masked-region modelling.
 
         Returns last_hidden_state [B, T + R, H] (text positions first, then regions; zeros at
-        padded positions) and pooler_output [B, H]."""
+        padded positions) and pooler_output [B, H]. With output_attentions, also `attentions`:
+        per layer, first to last, the attention probabilities [B, heads, T + R, T + R] (query,
+        key; float32, before attention dropout; zero at padded keys and padded queries),
+        computed only when asked."""
         hidden, attention_mask = self.embed(
             input_ids, text_mask, region_features, region_locations, region_mask, token_type_ids, region_masked
         )
+        if output_attentions:
+            sequence_output, attentions = self.encoder(hidden, attention_mask, output_attentions=True)
+            return BaseModelOutputWithPooling(
+                last_hidden_state=sequence_output, pooler_output=self.pooler(sequence_output), attentions=attentions
+            )
         sequence_output = self.encoder(hidden, attention_mask)
         return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=self.pooler(sequence_output))
 

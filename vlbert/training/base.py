@@ -9,7 +9,7 @@ steps, logging and optimiser; this base does the rest, once:
 - records what the run was built from as hyperparameters, never where it writes (export_dir,
   dump_scores, results_file: LightningCLI re-applies a checkpoint's hyperparameters);
 - writes the checkpoint metadata of vlbert.training.checkpoints, restores the RNG on resume;
-- exports the model directory to `export_dir` when fit ends.
+- exports the model directory, with its model card, to `export_dir` when fit ends.
 
 The datamodule side of the contract: after `setup`, every vlbert datamodule has `store` (the
 FeatureStore), `tokenizer` and `feature_header`.
@@ -30,6 +30,7 @@ from vlbert.modeling.model import OPTIONAL_ENCODER_KEYS
 from vlbert.training.checkpoints import config_data, upgrade_legacy
 from vlbert.modeling.pretrained import quiet_transformers
 from vlbert.training.export import write_model_directory
+from vlbert.training.model_card import card_facts, model_card, training_record
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ class TrainingModule(L.LightningModule):
     output_arguments: ClassVar[tuple[str, ...]] = ("export_dir",)
 
     model: VLBertPreTrainedModel
+    # the global step of the last validation in this process: the model card says when its metrics were measured
+    validated_at_step: int | None = None
 
     def __init__(self, export_dir: str | None = None) -> None:
         super().__init__()
@@ -181,6 +184,7 @@ class TrainingModule(L.LightningModule):
         checkpoint["vlbert_config"] = config_data(self.config)
         checkpoint["vlbert_files"] = self.model_files()
         checkpoint["vlbert_init"] = self.initialised_from
+        checkpoint["vlbert_card"] = self.card_record()
         datamodule = self._datamodule()
         if datamodule is not None:
             checkpoint["vlbert_features"] = datamodule.feature_header
@@ -197,14 +201,37 @@ class TrainingModule(L.LightningModule):
             if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
+    def on_validation_start(self) -> None:
+        # at the start: ModelCheckpoint saves in on_validation_end before this module's hook runs
+        if not self.trainer.sanity_checking:
+            self.validated_at_step = self.trainer.global_step
+
+    def card_record(self) -> dict:
+        """What the model card needs that only the run knows (data, batch, progress, the last
+        validation metrics), as plain data: checkpoints carry it as vlbert_card."""
+        return training_record(self._trainer, self._trainer.datamodule if self._trainer is not None else None,
+                               self.validated_at_step)
+
+    def model_card(self) -> str:
+        """README.md of the model directory as it is now; `vlbert export` of a checkpoint saved in this
+        state writes the same (vlbert.training.model_card)."""
+        datamodule = self._datamodule()
+        return model_card(card_facts(
+            self.job, type(self.model).__name__, config_data(self.config), dict(self.hparams), self.model_files(),
+            self.card_record(), self.initialised_from, datamodule.feature_header if datamodule is not None else None,
+            self.model.num_parameters(),
+        ))
+
     def export(self, directory: str | Path) -> Path:
-        """The model directory of the model as it is now, with the data's tokenizer and feature header."""
+        """The model directory of the model as it is now, with the data's tokenizer and feature header
+        and its model card."""
         datamodule = self._datamodule()
         return write_model_directory(
             directory, self.model,
             datamodule.tokenizer if datamodule is not None else None,
             datamodule.feature_header if datamodule is not None else None,
             self.model_files(),
+            card=self.model_card(),
         )
 
     def on_fit_end(self) -> None:
