@@ -6,6 +6,7 @@ Every checkpoint written by `vlbert pretrain`, `vqa` or `retrieval` carries:
   vlbert_files     the extra files of its model directory (e.g. answers.json), as plain data
   vlbert_features  the header of the features it was trained on (features.json)
   vlbert_tokenizer where the tokenizer was loaded from
+  vlbert_card      what the model card needs that only the run knows (data, batch, steps, metrics)
   vlbert_rng       the global RNG states (dropout), for an exact resume
 Weights are under state_dict["model.*"]. Everything is plain data: checkpoints load with
 torch.load(weights_only=True).
