@@ -94,6 +94,19 @@ def test_wrong_feature_dimension_fails_before_training(tiny_world, tmp_path):
         vlbert(["pretrain", "fit", *args])
 
 
+def test_the_optimiser_is_set_one_way(tiny_world, tmp_path, capsys):
+    """model.optimization sets the optimiser; LightningCLI's --optimizer / --lr_scheduler, which
+    would silently replace it, are not offered."""
+    args = tiny_pretrain_args(tiny_world, tmp_path, **{"optimizer": "torch.optim.SGD", "trainer.max_steps": 1})
+    with pytest.raises(SystemExit):
+        vlbert(["pretrain", "fit", *args])
+    assert "optimizer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        vlbert(["pretrain", "fit", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--model.optimization.lr" in help_text and "--optimizer" not in help_text and "--lr_scheduler" not in help_text
+
+
 def test_unknown_config_key_is_refused(tiny_world, tmp_path, capsys):
     args = tiny_pretrain_args(tiny_world, tmp_path, **{"model.model.hiden_size": 32})
     with pytest.raises(SystemExit):

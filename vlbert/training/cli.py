@@ -61,6 +61,12 @@ class VLBertCLI(LightningCLI):
 
     subcommand_names: ClassVar[tuple[str, ...]] = ("fit", "validate")
 
+    def __init__(self, *args, **kwargs) -> None:
+        # model.optimization is the one way to set the optimiser and schedule: no --optimizer /
+        # --lr_scheduler that would silently replace it
+        kwargs.setdefault("auto_configure_optimizers", False)
+        super().__init__(*args, **kwargs)
+
     @classmethod
     def subcommands(cls) -> dict[str, set[str]]:
         return {name: _SUBCOMMANDS[name] for name in cls.subcommand_names}
