@@ -166,6 +166,12 @@ def test_save_and_load_round_trip(tmp_path, tiny_tokenizer):
         after = loaded.mlm_head(hidden)
     changed = (after - before).abs().amax(0) > 0
     assert changed[7] and int(changed.sum()) == 1
+    # an embedding put in its place (transformers' set_input_embeddings) is the decoder from then on
+    replacement = torch.nn.Embedding(loaded.config.vocab_size, loaded.config.hidden_size)
+    loaded.set_input_embeddings(replacement)
+    with torch.no_grad():
+        expected = torch.nn.functional.linear(loaded.mlm_head.transform(hidden), replacement.weight, loaded.mlm_head.bias)
+        torch.testing.assert_close(loaded.mlm_head(hidden), expected)
 
 
 def test_transformers_auto_classes_read_vlbert_directories(tmp_path):

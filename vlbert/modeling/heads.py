@@ -3,8 +3,9 @@
 Heads take only the hidden states they score (e.g. the masked positions, [M, H]) so that
 no vocabulary-size logits are computed for positions without a target. A head that shares a
 weight with the encoder (MLM: the word embeddings; MRFR: the region feature projection) is handed
-the module that owns it and keeps it out of its own module tree, so the weight is registered and
-saved once, by its owner: the one way weights are tied here.
+the embeddings module that owns it and keeps that out of its own module tree, so the weight is
+registered and saved once, by its owner, and is read from the owner at every call (an embedding
+replaced by set_input_embeddings is the one used): the one way weights are tied here.
 """
 from __future__ import annotations
 
@@ -32,28 +33,28 @@ class Transform(nn.Module):
 class MLMHead(nn.Module):
     """Vocabulary logits with the decoder tied to the word embeddings. [M, H] -> [M, V]."""
 
-    def __init__(self, config: VLBertConfig, word_embeddings: nn.Embedding) -> None:
+    def __init__(self, config: VLBertConfig, text_embeddings: nn.Module) -> None:
         super().__init__()
         self.transform = Transform(config)
-        self._tied = [word_embeddings]  # the owner's module, outside this module tree
+        self._owner = [text_embeddings]  # a TextEmbeddings, outside this module tree
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.transform(hidden), self._tied[0].weight, self.bias)
+        return F.linear(self.transform(hidden), self._owner[0].word_embeddings.weight, self.bias)
 
 
 class RegionFeatureHead(nn.Module):
     """Regress the original region feature. [M, H] -> [M, D]; the output layer is tied
     (transposed) to the region feature projection, as UNITER does."""
 
-    def __init__(self, config: VLBertConfig, feature_proj: nn.Linear) -> None:
+    def __init__(self, config: VLBertConfig, region_embeddings: nn.Module) -> None:
         super().__init__()
         self.transform = Transform(config)
-        self._tied = [feature_proj]  # registered once, by the region embeddings
+        self._owner = [region_embeddings]  # a RegionEmbeddings, outside this module tree
         self.bias = nn.Parameter(torch.zeros(config.region_feature_dim))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.transform(hidden), self._tied[0].weight.t(), self.bias)
+        return F.linear(self.transform(hidden), self._owner[0].feature_proj.weight.t(), self.bias)
 
 
 class RegionClassHead(nn.Module):

@@ -184,9 +184,9 @@ class VLBertForPretraining(VLBertPreTrainedModel):
     def __init__(self, config: VLBertConfig) -> None:
         super().__init__(config)
         self.vlbert = VLBertModel(config)
-        self.mlm_head = MLMHead(config, self.vlbert.text_embeddings.word_embeddings)
+        self.mlm_head = MLMHead(config, self.vlbert.text_embeddings)
         self.itm_head = ITMHead(config)
-        self.mrfr_head = RegionFeatureHead(config, self.vlbert.region_embeddings.feature_proj)
+        self.mrfr_head = RegionFeatureHead(config, self.vlbert.region_embeddings)
         self.mrc_head = RegionClassHead(config) if config.num_region_classes else None
         self.post_init()
 
