@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 
 from jsonargparse import ArgumentParser, Namespace
 
+from vlbert.errors import InputError
 from vlbert.features.boxes import BoxSelection
 
 BACKENDS = ("torchvision", "detectron2")
@@ -32,7 +33,7 @@ OUTPUT_FIELDS = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """An extraction config that cannot work; the message names the key and how to fix it."""
 
 

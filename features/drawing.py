@@ -18,6 +18,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from vlbert.errors import InputError
 from vlbert.features.images import decode_image
 
 DPI = 100
@@ -30,7 +31,7 @@ CANVAS_GREY = (0.86, 0.86, 0.86)
 PALETTE = ("#ff2d95", "#00e5ff", "#ffe600", "#7cff4f", "#ff8c00", "#b388ff", "#ffffff", "#00ffa3", "#ff5252", "#40c4ff")
 
 
-class PictureError(ValueError):
+class PictureError(InputError):
     """An image that cannot be drawn on (missing, undecodable, or not the image of the regions)."""
 
 

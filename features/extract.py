@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, Namespace
 
+from vlbert.errors import InputError
 from vlbert.featstore import FeatureStore, FeatureStoreError, FeatureWriter, RegionRecord, read_header
 from vlbert.features.config import (
     FIELDS, ConfigError, ExtractConfig, SettingsParser, add_config_arguments, config_from, describe_error,
@@ -39,7 +40,7 @@ log = logging.getLogger("vlbert.extract")
 PARTS_SUFFIX = ".parts"
 
 
-class ExtractError(ValueError):
+class ExtractError(InputError):
     """A run that cannot start as asked (bad boxes file, shard flags, a locked or foreign output)."""
 
 

@@ -16,12 +16,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from vlbert.errors import InputError
+
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif",
 )
 
 
-class ImageListError(ValueError):
+class ImageListError(InputError):
     """The image folder cannot be used as given (missing, empty, clashing ids)."""
 
 

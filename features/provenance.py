@@ -11,10 +11,12 @@ import platform
 import time
 from typing import Any
 
+from vlbert.errors import InputError
+
 RUN_KEY = "run"
 
 
-class ProvenanceMismatch(ValueError):
+class ProvenanceMismatch(InputError):
     """Two feature files (or a file and a requested run) were made differently."""
 
 

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from vlbert.errors import InputError
 from vlbert.features.drawing import (
     PALETTE, PictureError, blank_canvas, check_same_image, draw_boxes, image_figure, load_image, save_figure, show_image,
 )
@@ -87,10 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from vlbert.featstore import FeatureStore
 
     try:
-        try:
-            store = FeatureStore(args.features)
-        except OSError as err:  # h5py: not an HDF5 file, unreadable
-            raise PictureError(f"cannot read feature file {args.features}: {err}") from None
+        store = FeatureStore(args.features)  # a file it cannot read: FeatureStoreError, one line
         if args.image_id not in store:
             raise PictureError(f"image {args.image_id!r} has no regions in {args.features} ({len(store)} images)")
         record = store[args.image_id]
@@ -100,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             check_same_image((width, height), (record.image_w, record.image_h), args.image)
         figure = draw_record(record, pixels, class_names(store.provenance), args.top)
         out = save_figure(figure, args.out)
-    except (ValueError, OSError) as err:  # FeatureStoreError, PictureError; OSError: the picture cannot be written
+    except (InputError, OSError) as err:  # FeatureStoreError, PictureError; OSError: the picture cannot be written
         print(f"vlbert show-features: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from vlbert.errors import InputError
 from vlbert.featstore import FeatureStoreError, FeatureWriter, RegionRecord
 from vlbert.features.provenance import run_info
 
@@ -33,7 +34,7 @@ _ALIASES = {"image_id": "img_id", "image_w": "img_w", "image_h": "img_h"}
 VG_OBJECT_CLASSES = 1600
 
 
-class TsvError(ValueError):
+class TsvError(InputError):
     """A TSV line that cannot be read; the message names file and line."""
 
 
@@ -46,66 +47,107 @@ class TsvRecord:
     features: np.ndarray  # [N, D] float32
     objects_id: np.ndarray | None = None  # [N] int64
     objects_conf: np.ndarray | None = None  # [N] float32
+    line_number: int = 0  # where in its file the record is, for messages
 
 
-def _decode(text: str, dtype, count: int, where: str, field: str) -> np.ndarray:
+def _base64(text: str, where: str, field: str) -> bytes:
     if text.startswith("b'") and text.endswith("'"):  # str(bytes) written by some Python 3 ports
         text = text[2:-1]
     try:
-        raw = base64.b64decode(text, validate=False)
-    except ValueError as err:
-        raise TsvError(f"{where}: field {field} is not base64 ({err})") from None
+        return base64.b64decode(text, validate=False)
+    except ValueError as err:  # binascii.Error: bad padding, a truncated line
+        raise TsvError(f"{where}: field {field} is not valid base64 ({err}); the line is damaged: "
+                       "re-download the file or drop the line") from None
+
+
+def _array(raw: bytes, dtype, count: int, where: str, field: str) -> np.ndarray:
+    """The values of a decoded field, refused unless they split into num_boxes rows."""
+    dtype = np.dtype(dtype)
+    if len(raw) % dtype.itemsize:
+        raise TsvError(f"{where}: field {field} has {len(raw)} bytes, not a whole number of {dtype.name} values")
     array = np.frombuffer(raw, dtype=dtype)
-    if count and array.size % count:
-        raise TsvError(f"{where}: field {field} has {array.size} {np.dtype(dtype).name} values, "
+    if (count and array.size % count) or (not count and array.size):
+        raise TsvError(f"{where}: field {field} has {array.size} {dtype.name} values, "
                        f"not a multiple of num_boxes={count}")
     return array
 
 
+def _decode(text: str, dtype, count: int, where: str, field: str) -> np.ndarray:
+    return _array(_base64(text, where, field), dtype, count, where, field)
+
+
 def _decode_float(text: str, count: int, width: int | None, where: str, field: str) -> np.ndarray:
     """float32 normally; float64 when the byte count says so (some releases store boxes as float64)."""
-    raw_len = len(base64.b64decode(text[2:-1] if text.startswith("b'") else text))
+    raw = _base64(text, where, field)
     dtype = np.float32
-    if width is not None and count and raw_len == count * width * 8:
+    if width is not None and count and len(raw) == count * width * 8:
         dtype = np.float64
-    array = _decode(text, dtype, count, where, field).astype(np.float32)
+    array = _array(raw, dtype, count, where, field).astype(np.float32)
     return array.reshape(count, -1) if count else array.reshape(0, width or 0)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file; a file that is not UTF-8 text is refused with its name."""
+    line_number = 0
+    with open(path, "r", encoding="utf-8", newline="") as handle:
+        try:
+            for line_number, line in enumerate(handle, 1):
+                yield line_number, line.rstrip("\r\n")
+        except UnicodeDecodeError as err:  # decoded in blocks: the bad byte is at or after this line
+            raise TsvError(f"{path}:{line_number + 1}: not UTF-8 text ({err.reason}); "
+                           "is this a TSV feature file?") from None
+
+
+def _sizes(row: dict, where: str) -> tuple[int, int, int]:
+    """num_boxes, img_w, img_h of a row."""
+    try:
+        count = int(row["num_boxes"])
+        width, height = int(float(row["img_w"])), int(float(row["img_h"]))
+    except (ValueError, OverflowError):
+        raise TsvError(f"{where}: num_boxes / img_w / img_h ({row['num_boxes']!r}, {row['img_w']!r}, "
+                       f"{row['img_h']!r}) are not numbers") from None
+    if count < 0:
+        raise TsvError(f"{where}: num_boxes is {count}, negative")
+    return count, width, height
+
+
+def _optional(row: dict, field: str, dtype, count: int, where: str) -> np.ndarray | None:
+    """An optional per-box column (objects_id, objects_conf): [num_boxes] values, or None."""
+    if not row.get(field):
+        return None
+    values = _decode(row[field], dtype, count, where, field).copy()
+    if values.shape != (count,):
+        raise TsvError(f"{where}: {field} has {values.size} values, expected num_boxes = {count}")
+    return values
+
+
+def parse_line(values: Sequence[str], fields: Sequence[str] | None, where: str) -> TsvRecord:
+    """One TSV line's record; every malformed field is a TsvError naming `where` (file:line)."""
+    names = fields or (FIELDS_10 if len(values) == 10 else FIELDS_6 if len(values) == 6 else None)
+    if names is None or len(names) != len(values):
+        raise TsvError(f"{where}: {len(values)} tab-separated columns; expected 10 ({' '.join(FIELDS_10)}) "
+                       f"or 6 ({' '.join(FIELDS_6)}), or name them with --fields")
+    row = {_ALIASES.get(n, n): v for n, v in zip(names, values)}
+    for required in ("img_id", "img_w", "img_h", "num_boxes", "boxes", "features"):
+        if required not in row:
+            raise TsvError(f"{where}: no {required} column in --fields {','.join(names)}")
+    count, width, height = _sizes(row, where)
+    boxes = _decode_float(row["boxes"], count, 4, where, "boxes")
+    if boxes.shape != (count, 4):
+        raise TsvError(f"{where}: boxes have {boxes.size} values, expected num_boxes * 4 = {count * 4}")
+    features = _decode_float(row["features"], count, None, where, "features")
+    return TsvRecord(row["img_id"], width, height, boxes, features,
+                     objects_id=_optional(row, "objects_id", np.int64, count, where),
+                     objects_conf=_optional(row, "objects_conf", np.float32, count, where))
 
 
 def read_tsv(path: str | os.PathLike, fields: Sequence[str] | None = None) -> Iterator[TsvRecord]:
     """Stream the records of one TSV file (one line at a time: memory stays flat)."""
     path = Path(path)
-    with open(path, "r", encoding="utf-8", newline="") as handle:
-        for line_number, line in enumerate(handle, 1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            values = line.split("\t")
-            names = fields or (FIELDS_10 if len(values) == 10 else FIELDS_6 if len(values) == 6 else None)
-            where = f"{path}:{line_number}"
-            if names is None or len(names) != len(values):
-                raise TsvError(f"{where}: {len(values)} tab-separated columns; expected 10 ({' '.join(FIELDS_10)}) "
-                               f"or 6 ({' '.join(FIELDS_6)}), or name them with --fields")
-            row = {_ALIASES.get(n, n): v for n, v in zip(names, values)}
-            for required in ("img_id", "img_w", "img_h", "num_boxes", "boxes", "features"):
-                if required not in row:
-                    raise TsvError(f"{where}: no {required} column in --fields {','.join(names)}")
-            try:
-                count = int(row["num_boxes"])
-                width, height = int(float(row["img_w"])), int(float(row["img_h"]))
-            except ValueError:
-                raise TsvError(f"{where}: num_boxes / img_w / img_h are not numbers") from None
-            boxes = _decode_float(row["boxes"], count, 4, where, "boxes")
-            if boxes.shape != (count, 4):
-                raise TsvError(f"{where}: boxes have {boxes.size} values, expected num_boxes * 4 = {count * 4}")
-            features = _decode_float(row["features"], count, None, where, "features")
-            record = TsvRecord(row["img_id"], width, height, boxes, features)
-            if row.get("objects_id"):
-                record.objects_id = _decode(row["objects_id"], np.int64, count, where, "objects_id").copy()
-                if record.objects_id.shape != (count,):
-                    raise TsvError(f"{where}: objects_id has {record.objects_id.size} values, expected {count}")
-            if row.get("objects_conf"):
-                record.objects_conf = _decode(row["objects_conf"], np.float32, count, where, "objects_conf").copy()
+    for line_number, line in _lines(path):
+        if line:
+            record = parse_line(line.split("\t"), fields, f"{path}:{line_number}")
+            record.line_number = line_number
             yield record
 
 
@@ -140,7 +182,8 @@ def import_tsv(
     try:
         for path in inputs:
             for record in read_tsv(path, fields):
-                where = f"{path}: image {record.image_id!r}"
+                line = f"{path}:{record.line_number}"
+                where = f"{line}: image {record.image_id!r}"
                 if record.features.shape[1:] != (feature_dim,) and record.features.shape[0]:
                     raise TsvError(f"{where}: {record.features.shape[1]}-d features, the first image has {feature_dim}")
                 labels = record.objects_id if has_labels else None
@@ -148,8 +191,11 @@ def import_tsv(
                     raise TsvError(f"{where}: objects_id {int(labels.max())} outside [0, {num_classes}); "
                                    "set --num-classes")
                 features = record.features.reshape(-1, feature_dim)
-                writer.add(RegionRecord(record.image_id, features, record.boxes, record.image_w, record.image_h,
-                                        labels=labels))
+                try:
+                    writer.add(RegionRecord(record.image_id, features, record.boxes, record.image_w, record.image_h,
+                                            labels=labels))
+                except FeatureStoreError as err:  # NaN values, a repeated id, a size <= 0: same kind, with the line
+                    raise type(err)(f"{line}: {err}") from None
     except BaseException:
         writer.abort()
         raise

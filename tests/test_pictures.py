@@ -139,7 +139,7 @@ def test_show_features_errors_are_one_line(tiny_world, tmp_path, capsys):
     Image.new("RGB", (300, 100)).save(other)
     cases = [
         ([str(tmp_path / "missing.h5"), "--image-id", image_id], "does not exist"),
-        ([str(broken), "--image-id", image_id], "cannot read feature file"),
+        ([str(broken), "--image-id", image_id], "is not a readable HDF5 file"),
         ([features, "--image-id", "nope"], "image 'nope' has no regions in"),
         ([features, "--image-id", image_id, "--image", str(tmp_path / "none.png")], "does not exist"),
         ([features, "--image-id", image_id, "--image", str(broken)], "cannot read image"),

@@ -9,7 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tiny import tiny_pretrain_args
+from tiny import refused, tiny_pretrain_args
 from vlbert.cli import main as vlbert
 from vlbert.featstore import FeatureStoreError, FeatureWriter, FeatureStore
 
@@ -77,21 +77,19 @@ def test_validate_reports_every_objective(tiny_world, tmp_path, capsys):
         assert metric in out
 
 
-def test_missing_feature_ids_fail_before_training(tiny_world, tmp_path):
+def test_missing_feature_ids_fail_before_training(tiny_world, tmp_path, capsys):
     store = FeatureStore(tiny_world.features_path)
     with FeatureWriter(tmp_path / "partial.h5", store.feature_dim, store.num_classes) as writer:
         for image_id in store.ids[:10]:
             writer.add(store[image_id])
     args = tiny_pretrain_args(tiny_world, tmp_path, **{"data.features": tmp_path / "partial.h5", "trainer.max_steps": 2})
-    with pytest.raises(FeatureStoreError, match=r"image id\(s\) used by train annotations .* have no features"):
-        vlbert(["pretrain", "fit", *args])
+    refused(capsys, ["pretrain", "fit", *args], r"image id\(s\) used by train annotations .* have no features")
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
-def test_wrong_feature_dimension_fails_before_training(tiny_world, tmp_path):
+def test_wrong_feature_dimension_fails_before_training(tiny_world, tmp_path, capsys):
     args = tiny_pretrain_args(tiny_world, tmp_path, **{"model.model.region_feature_dim": 2048, "trainer.max_steps": 2})
-    with pytest.raises(FeatureStoreError, match="64-d region features but model.model.region_feature_dim expects 2048"):
-        vlbert(["pretrain", "fit", *args])
+    refused(capsys, ["pretrain", "fit", *args], "64-d region features but model.model.region_feature_dim expects 2048")
 
 
 def test_the_optimiser_is_set_one_way(tiny_world, tmp_path, capsys):

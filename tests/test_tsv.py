@@ -1,5 +1,6 @@
 """Import of bottom-up-attention TSV features, round trip on generated TSV files."""
 import base64
+import re
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,51 @@ def test_bad_tsv_lines_name_file_and_line(tmp_path):
         import_tsv([dup], tmp_path / "dup.h5")
     with pytest.raises(TsvError, match="num-classes"):
         import_tsv([write_tsv(tmp_path / "ok.tsv", rows, FULL)], tmp_path / "few.h5", num_classes=10)
+
+
+def damage(fields: list[str], column: int, value: str) -> list[str]:
+    return fields[:column] + [value] + fields[column + 1:]
+
+
+MALFORMED = {
+    "bad base64 boxes": (lambda f: damage(f, 8, f[8][:-3]), r"field boxes is not valid base64"),
+    "bad base64 features": (lambda f: damage(f, 9, "abcde"), r"field features is not valid base64"),
+    "missing column": (lambda f: f[:-1], r"9 tab-separated columns; expected 10"),
+    "non-numeric num_boxes": (lambda f: damage(f, 7, "many"), r"num_boxes / img_w / img_h .* are not numbers"),
+    "infinite width": (lambda f: damage(f, 2, "inf"), r"are not numbers"),
+    "negative num_boxes": (lambda f: damage(f, 7, "-2"), r"num_boxes is -2, negative"),
+    "odd byte count": (lambda f: damage(f, 9, b64(np.zeros(6, np.uint8))), r"field features has 6 bytes, not a whole"),
+    "features not num_boxes rows": (lambda f: damage(f, 9, b64(np.zeros(int(f[7]) * DIM + 1, np.float32))),
+                                    r"field features has \d+ float32 values, not a multiple of num_boxes"),
+    "objects_conf size": (lambda f: damage(f, 4, b64(np.zeros(int(f[7]) * 2, np.float32))),
+                          r"objects_conf has \d+ values, expected num_boxes"),
+    "nan features": (lambda f: damage(f, 9, b64(np.full((int(f[7]), DIM), np.nan, np.float32))),
+                     r"image 'COCO_val2014_000000000001': features contain NaN or Inf"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_line_fails_the_command_in_one_line_naming_file_and_line(tmp_path, capsys, case):
+    from vlbert.cli import main as vlbert
+
+    damage_line, message = MALFORMED[case]
+    tsv = write_tsv(tmp_path / "bad.tsv", make_rows(3), FULL)
+    lines = tsv.read_text().splitlines()
+    lines[1] = "\t".join(damage_line(lines[1].split("\t")))
+    tsv.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "out.h5"
+    rc = vlbert(["import-tsv", str(tsv), "--output", str(output)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert re.match(rf"vlbert import-tsv: error: {re.escape(str(tsv))}:2: .*{message}", err[0]), err[0]
+    assert not output.exists() and not output.with_name("out.h5.tmp").exists()
+
+
+def test_a_binary_file_is_refused_as_not_utf8_text(tmp_path, capsys):
+    from vlbert.cli import main as vlbert
+
+    blob = tmp_path / "features.tsv"
+    blob.write_bytes(b"\x89HDF\r\n\x1a\n\xff\xfe" * 10)
+    assert vlbert(["import-tsv", str(blob), "--output", str(tmp_path / "out.h5")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{blob}:1: not UTF-8 text" in err[0]

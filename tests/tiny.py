@@ -55,3 +55,21 @@ def tiny_pretrain_args(world, root, **extra) -> list[str]:
     for key, value in extra.items():
         args += [f"--{key}", str(value)]
     return args
+
+
+def refused(capsys, argv: list[str], *patterns: str) -> str:
+    """Run `vlbert argv`, which must stop on bad input: exit status 2, the error as the last line on
+    stderr (matching each regex of `patterns`), no traceback. Returns that line."""
+    import re
+
+    from vlbert.cli import main as vlbert
+
+    capsys.readouterr()
+    assert vlbert(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"vlbert {argv[0]}: error: "), line
+    for pattern in patterns:
+        assert re.search(pattern, line), (pattern, line)
+    return line

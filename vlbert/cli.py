@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from vlbert.errors import InputError, one_line
+
 
 def run_synth(argv: list[str]) -> int | None:
     from vlbert.synth.cli import main as command
@@ -36,6 +38,12 @@ def run_import_tsv(argv: list[str]) -> int | None:
 
 def run_show_features(argv: list[str]) -> int | None:
     from vlbert.features.show import main as command
+
+    return command(argv)
+
+
+def run_check_features(argv: list[str]) -> int | None:
+    from vlbert.features.check import main as command
 
     return command(argv)
 
@@ -76,6 +84,12 @@ def run_retrieval(argv: list[str]) -> int | None:
     return command(argv)
 
 
+def run_caption(argv: list[str]) -> int | None:
+    from vlbert.tasks.caption.cli import main as command
+
+    return command(argv)
+
+
 def run_convert(argv: list[str]) -> int | None:
     from vlbert.convert import main as command
 
@@ -107,12 +121,14 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int | None], str]] = {
     "merge-features": (run_merge_features, "merge feature shards into one file"),
     "import-tsv": (run_import_tsv, "convert bottom-up-attention TSV features to the vlbert schema"),
     "show-features": (run_show_features, "draw one image's stored regions (boxes, classes, scores) to a picture"),
+    "check-features": (run_check_features, "scan a feature store and report every problem (schema, values, boxes, ids)"),
     "pretrain": (run_pretrain, "pretrain the encoder (LightningCLI: fit, validate)"),
     "export": (run_export, "export a pretrain / vqa / retrieval checkpoint to a model directory"),
     "vqa": (run_vqa, "fine-tune / evaluate / predict VQA (LightningCLI)"),
     "vqa-eval": (run_vqa_eval, "official VQA accuracy of a result file"),
     "answer": (run_answer, "answer a question about one image"),
     "retrieval": (run_retrieval, "fine-tune / evaluate image-text retrieval (LightningCLI)"),
+    "caption": (run_caption, "fine-tune / evaluate / predict image captioning (LightningCLI)"),
     "convert": (run_convert, "convert VisualBERT / UNITER checkpoints to and from vlbert"),
     "demo": (run_demo, "the whole pipeline on the synthetic world (what `make demo` runs)"),
     "plot": (run_plot, "loss and metric curves of a run's logs as a PNG"),
@@ -142,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vlbert: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     # sys.argv stays as it is: DDP launchers re-run this very command line in each rank.
-    result = COMMANDS[name][0](rest)
+    try:
+        result = COMMANDS[name][0](rest)
+    except InputError as error:  # bad input: one line, no traceback (internal errors keep theirs)
+        print(f"vlbert {name}: error: {one_line(error)}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

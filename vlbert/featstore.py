@@ -22,7 +22,13 @@ plain positioned reads of those bytes (`os.preadv`), without h5py's per-object l
 cost several times the read itself for records of this size. What is noted is shared with the
 DataLoader workers forked from the process. Raw reads are checked once per file against h5py's
 read of the same record. Images whose arrays h5py does not store contiguously (chunked,
-compressed, compact, external) are always read through h5py. The file format is unchanged.
+compressed, compact, external storage) or that are reached through a link other than a hard link
+(an external link's offsets lie in another file; a soft link may too) are always read through
+h5py. The file format is unchanged.
+
+Every read refuses a record holding NaN or Inf (features, boxes, class distributions), naming the
+image and the file: such values would otherwise train to a NaN loss. `vlbert check-features`
+lists every problem of a store.
 """
 from __future__ import annotations
 
@@ -32,16 +38,18 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
+
+from vlbert.errors import InputError
 
 SCHEMA = "vlbert-regions"
 SCHEMA_VERSION = 1
 
 
-class FeatureStoreError(ValueError):
+class FeatureStoreError(InputError):
     """A feature file that cannot serve the request (missing ids, wrong dimension, bad schema)."""
 
 
@@ -75,6 +83,29 @@ class RegionRecord:
         return None
 
 
+# NaN and Inf are the IEEE floats whose exponent bits are all ones. Read as signed integers, the
+# positive ones are those >= the exponent mask; read as unsigned, the negative ones are those >=
+# sign bit | mask. So two max reductions over integer views find them, without the temporary array
+# of np.isfinite (which also converts each float16 value first: ~25x slower for half floats).
+_NON_FINITE_BITS = {
+    np.dtype("<f2"): (np.int16, np.uint16, 0x7C00),
+    np.dtype("<f4"): (np.int32, np.uint32, 0x7F800000),
+    np.dtype("<f8"): (np.int64, np.uint64, 0x7FF0000000000000),
+}
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """True when no value of `array` is NaN or Inf; cheap enough to check every record read."""
+    if array.dtype.kind not in "fc" or array.size == 0:
+        return True
+    bits = _NON_FINITE_BITS.get(array.dtype)
+    if bits is None or not array.flags.c_contiguous:
+        return bool(np.isfinite(array).all())
+    signed, unsigned, exponent = bits
+    sign = 1 << (8 * array.dtype.itemsize - 1)
+    return bool(array.view(signed).max() < exponent and array.view(unsigned).max() < (sign | exponent))
+
+
 def validate_record(record: RegionRecord, feature_dim: int, num_classes: int) -> None:
     """Raise FeatureStoreError when a record's arrays disagree with each other or with the file."""
     n = record.features.shape[0]
@@ -91,8 +122,10 @@ def validate_record(record: RegionRecord, feature_dim: int, num_classes: int) ->
         )
     if record.labels is not None and record.labels.shape != (n,):
         raise FeatureStoreError(f"{where}: labels have shape {record.labels.shape}, expected [{n}]")
-    if not np.isfinite(record.features).all():
-        raise FeatureStoreError(f"{where}: features contain NaN or Inf")
+    for name in ("features", "boxes", "class_probs"):
+        array = getattr(record, name)
+        if array is not None and not all_finite(np.asarray(array)):
+            raise FeatureStoreError(f"{where}: {name} contain NaN or Inf")
 
 
 class FeatureWriter:
@@ -175,7 +208,9 @@ class FeatureWriter:
             self.abort()
 
 
-def _expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The files of a store: each path a file, or a folder of *.h5 shards. Refuses a missing path,
+    an empty folder and a file named twice (its images would all be duplicates)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[Path] = []
@@ -189,26 +224,92 @@ def _expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
             out.append(p)
         else:
             raise FeatureStoreError(f"feature file {p} does not exist; run `vlbert extract` or `vlbert synth` first")
+    seen: set[Path] = set()
+    for p in out:
+        if p.resolve() in seen:
+            raise FeatureStoreError(f"feature file {p} is given twice; name each file (or its folder) once")
+        seen.add(p.resolve())
     return out
 
 
+def open_hdf5(path: str | os.PathLike) -> h5py.File:
+    """h5py.File(path, "r"), or a FeatureStoreError naming the path: HDF5's own OSError ("Unable to
+    synchronously open file") does not say which file it could not open."""
+    if not Path(path).is_file():
+        raise FeatureStoreError(f"feature file {path} does not exist; run `vlbert extract` or `vlbert synth` first")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        if not os.access(path, os.R_OK):
+            raise FeatureStoreError(f"{path} cannot be read (permission denied); fix its permissions") from None
+        raise FeatureStoreError(
+            f"{path} is not a readable HDF5 file (truncated or not HDF5: {err}); "
+            "re-extract it or point to the right file"
+        ) from None
+
+
+_HEADER_INTEGERS = ("schema_version", "feature_dim", "num_classes")
+
+
 def read_header(path: str | os.PathLike) -> dict:
-    """File-level attributes of one feature file, with provenance decoded."""
-    with h5py.File(path, "r") as f:
-        if f.attrs.get("schema") != SCHEMA:
-            raise FeatureStoreError(f"{path} is not a vlbert region-feature file (no schema={SCHEMA!r} attribute)")
-        version = int(f.attrs["schema_version"])
-        if version > SCHEMA_VERSION:
+    """File-level attributes of one feature file, with provenance decoded. Refuses, naming the file,
+    one that is not HDF5, not of this schema, or lacks what every reader needs."""
+    with open_hdf5(path) as f:
+        return _header(f, path)
+
+
+def _header(f: h5py.File, path: str | os.PathLike) -> dict:
+    attrs = f.attrs
+    if attrs.get("schema") != SCHEMA:
+        raise FeatureStoreError(f"{path} is not a vlbert region-feature file (no schema={SCHEMA!r} attribute)")
+    missing = [name for name in _HEADER_INTEGERS if name not in attrs]
+    if missing:
+        raise FeatureStoreError(
+            f"{path} lacks the attribute(s) {', '.join(missing)} of a vlbert region-feature file; "
+            "re-extract it (`vlbert extract`) or re-import it (`vlbert import-tsv`)"
+        )
+    try:
+        version, feature_dim, num_classes = (int(attrs[name]) for name in _HEADER_INTEGERS)
+    except (TypeError, ValueError):
+        shown = ", ".join(f"{name}={attrs[name]!r}" for name in _HEADER_INTEGERS)
+        raise FeatureStoreError(f"{path}: {shown}: these attributes must be integers; re-extract the file") from None
+    if version > SCHEMA_VERSION:
+        raise FeatureStoreError(
+            f"{path} has schema version {version}; this vlbert reads up to {SCHEMA_VERSION}: upgrade vlbert"
+        )
+    if feature_dim <= 0 or num_classes < 0:
+        raise FeatureStoreError(
+            f"{path} has feature_dim={feature_dim}, num_classes={num_classes}: feature_dim must be positive "
+            "and num_classes not negative; re-extract the file"
+        )
+    if not isinstance(f.get("images"), h5py.Group):
+        raise FeatureStoreError(f"{path} has no readable /images group: no image was written to it; re-extract it")
+    try:
+        provenance = json.loads(attrs.get("provenance", "{}"))
+    except (TypeError, ValueError) as err:
+        raise FeatureStoreError(f"{path}: the provenance attribute is not JSON ({err}); re-extract the file") from None
+    return {
+        "schema_version": version,
+        "feature_dim": feature_dim,
+        "num_classes": num_classes,
+        "dtype": str(attrs.get("dtype", "float32")),
+        "provenance": provenance,
+    }
+
+
+def _stored_ids(images: h5py.Group, path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """(group key, image id) of each image of a file's /images group; an image that HDF5 cannot
+    open (an external link to a file that is gone) is refused with its key and the file."""
+    for key in images:
+        try:
+            group = images[key]
+            image_id = group.attrs.get("image_id", key)
+        except (KeyError, OSError) as err:
             raise FeatureStoreError(
-                f"{path} has schema version {version}; this vlbert reads up to {SCHEMA_VERSION}: upgrade vlbert"
-            )
-        return {
-            "schema_version": version,
-            "feature_dim": int(f.attrs["feature_dim"]),
-            "num_classes": int(f.attrs["num_classes"]),
-            "dtype": str(f.attrs.get("dtype", "float32")),
-            "provenance": json.loads(f.attrs.get("provenance", "{}")),
-        }
+                f"{path}: image group {key!r} cannot be opened ({err}); a link to another file may be broken: "
+                f"run `vlbert check-features {path}`"
+            ) from None
+        yield key, str(image_id)
 
 
 # A record's arrays, in the order of the per-image layout columns, and the dtypes read as raw bytes.
@@ -240,6 +341,12 @@ def _layout_arrays(count: int) -> tuple[np.ndarray, ...]:
     return tuple(arrays)
 
 
+def _hard_link(group: h5py.h5g.GroupID, name: bytes) -> bool:
+    """Whether `name` in `group` is a hard link, whose object lies in the group's own file: an
+    external link's object (and the offsets HDF5 gives for it) lies in another file."""
+    return group.links.get_info(name).type == h5py.h5l.TYPE_HARD
+
+
 class FeatureStore:
     """Random access to region features by image id across one or more files (shards).
 
@@ -249,7 +356,7 @@ class FeatureStore:
     """
 
     def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
-        self.paths = _expand_paths(paths)
+        self.paths = expand_paths(paths)
         headers = [read_header(p) for p in self.paths]
         first = headers[0]
         for p, h in zip(self.paths[1:], headers[1:]):
@@ -264,17 +371,30 @@ class FeatureStore:
         self.provenance: dict = first["provenance"]
         self._location: dict[str, tuple[int, str, int]] = {}  # image id -> (file index, group key, row)
         for file_index, p in enumerate(self.paths):
-            with h5py.File(p, "r") as f:
-                for key, group in f["images"].items():
-                    image_id = str(group.attrs.get("image_id", key))
-                    if image_id not in self._location:
-                        self._location[image_id] = (file_index, key, len(self._location))
+            with open_hdf5(p) as f:
+                for key, image_id in _stored_ids(f["images"], p):
+                    if image_id in self._location:
+                        self._refuse_duplicate(image_id, file_index, key)
+                    self._location[image_id] = (file_index, key, len(self._location))
         self._offsets, self._sizes, self._codes, self._state = _layout_arrays(len(self._location))
         self._raw_ok: dict[int, bool] = {}  # per file: did a raw read match h5py's read of the same record
         self._handles: dict[int, h5py.File] = {}
         self._groups: dict[int, h5py.Group] = {}
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
+
+    def _refuse_duplicate(self, image_id: str, file_index: int, key: str) -> None:
+        """Two records of one image: which one a read returns would depend on the order of the files."""
+        first_index, first_key, _ = self._location[image_id]
+        first, second = self.paths[first_index], self.paths[file_index]
+        if first_index == file_index:
+            where = f"twice in {first} (groups {first_key!r} and {key!r})"
+        else:
+            where = f"in both {first} and {second}"
+        raise FeatureStoreError(
+            f"image id {image_id!r} is {where}; a store must hold each image once: drop one of the files or the "
+            f"image from one of them (`vlbert check-features` lists every duplicate)"
+        )
 
     def __len__(self) -> int:
         return len(self._location)
@@ -300,7 +420,7 @@ class FeatureStore:
         self._same_process()
         handle = self._handles.get(index)
         if handle is None:
-            handle = h5py.File(self.paths[index], "r")
+            handle = open_hdf5(self.paths[index])
             self._handles[index] = handle
         return handle
 
@@ -351,16 +471,35 @@ class FeatureStore:
         return None
 
     def _read_h5py(self, image_id: str, file_index: int, key: str) -> RegionRecord:
-        group = self._images(file_index)[key]
-        return RegionRecord(
-            image_id=image_id,
-            features=group["features"][()],
-            boxes=group["boxes"][()],
-            image_w=int(group.attrs["image_w"]),
-            image_h=int(group.attrs["image_h"]),
-            class_probs=group["class_probs"][()] if "class_probs" in group else None,
-            labels=group["labels"][()] if "labels" in group else None,
-        )
+        try:
+            group = self._images(file_index)[key]
+            record = RegionRecord(
+                image_id=image_id,
+                features=group["features"][()],
+                boxes=group["boxes"][()],
+                image_w=int(group.attrs["image_w"]),
+                image_h=int(group.attrs["image_h"]),
+                class_probs=group["class_probs"][()] if "class_probs" in group else None,
+                labels=group["labels"][()] if "labels" in group else None,
+            )
+        except (KeyError, OSError) as err:  # an array or attribute missing, a linked file gone
+            path = self.paths[file_index]
+            raise FeatureStoreError(
+                f"image {image_id!r} in {path} cannot be read ({err}); run `vlbert check-features {path}`"
+            ) from None
+        return self._finite(record, file_index)
+
+    def _finite(self, record: RegionRecord, file_index: int) -> RegionRecord:
+        """The record, or a FeatureStoreError when it holds NaN or Inf, which would train to a NaN loss."""
+        for name in ("features", "boxes", "class_probs"):
+            array = getattr(record, name)
+            if array is not None and not all_finite(array):
+                path = self.paths[file_index]
+                raise FeatureStoreError(
+                    f"image {record.image_id!r} in {path} has NaN or Inf {name}; run `vlbert check-features {path}` "
+                    "to list every bad image, then re-extract them or drop them from the annotations"
+                )
+        return record
 
     def _probe(self, image_id: str, file_index: int, key: str, row: int) -> None:
         """Note where image `row`'s arrays lie in its file (h5py's low-level calls: a few HDF5
@@ -371,7 +510,9 @@ class FeatureStore:
             return
         offsets, codes, sizes = layout
         if file_index not in self._raw_ok:  # once per file: raw bytes must equal what h5py reads
-            raw, record = self._read_raw(image_id, file_index, layout), self._read_h5py(image_id, file_index, key)
+            # unchecked: bytes read from the wrong place may well look like NaN; h5py's read is checked
+            raw = self._read_raw(image_id, file_index, layout, finite=False)
+            record = self._read_h5py(image_id, file_index, key)
             self._raw_ok[file_index] = (raw.image_w, raw.image_h) == (record.image_w, record.image_h) and all(
                 (a is None and b is None) or (a is not None and b is not None and a.dtype == b.dtype and a.tobytes() == b.tobytes())
                 for a, b in zip(
@@ -386,9 +527,13 @@ class FeatureStore:
         self._state[row] = 1
 
     def _find_layout(self, file_index: int, key: str) -> tuple | None:
-        """(offsets, codes, sizes) of an image whose arrays are all contiguous, unfiltered and of a
-        raw-readable dtype and shape; None otherwise (or when something is missing: h5py then raises)."""
-        group = h5py.h5g.open(self._images(file_index).id, key.encode())
+        """(offsets, codes, sizes) of an image whose arrays are all contiguous, unfiltered, stored in
+        this file (hard links from the root down, no external storage) and of a raw-readable dtype and
+        shape; None otherwise (or when something is missing: h5py then raises)."""
+        images = self._images(file_index).id
+        if not _hard_link(self._file(file_index).id, b"images") or not _hard_link(images, key.encode()):
+            return None
+        group = h5py.h5g.open(images, key.encode())
         offsets, codes, n = [], [], None
         for column, name in enumerate(_ARRAYS):
             if not group.links.exists(name.encode()):
@@ -397,7 +542,11 @@ class FeatureStore:
                 offsets.append(-1)
                 codes.append(-2)
                 continue
+            if not _hard_link(group, name.encode()):
+                return None
             dataset = h5py.h5d.open(group, name.encode())
+            if dataset.get_create_plist().get_external_count():  # raw data in other files
+                return None
             offset, dtype, shape = dataset.get_offset(), dataset.dtype, dataset.shape  # offset: None unless contiguous, unfiltered, allocated
             n = shape[0] if n is None else n
             expected = ((n, self.feature_dim), (n, 4), (n, self.num_classes), (n,))[column]
@@ -436,7 +585,9 @@ class FeatureStore:
             raise FeatureStoreError(f"image {image_id!r}: cannot read its features into an array {features.dtype} {features.shape}")
         return self._read_raw(image_id, file_index, layout, features)
 
-    def _read_raw(self, image_id: str, file_index: int, layout: tuple, features: np.ndarray | None = None) -> RegionRecord:
+    def _read_raw(
+        self, image_id: str, file_index: int, layout: tuple, features: np.ndarray | None = None, finite: bool = True
+    ) -> RegionRecord:
         fd = self._fd(file_index)
         offsets, codes, (n, image_w, image_h) = layout
         arrays = []
@@ -450,7 +601,8 @@ class FeatureStore:
                     f"short read of image {image_id!r} from {self.paths[file_index]}: was the file changed while in use?"
                 )
             arrays.append(out)
-        return RegionRecord(image_id, arrays[0], arrays[1], image_w, image_h, arrays[2], arrays[3])
+        record = RegionRecord(image_id, arrays[0], arrays[1], image_w, image_h, arrays[2], arrays[3])
+        return self._finite(record, file_index) if finite else record
 
     def num_boxes(self, image_id: str | int) -> int:
         image_id = str(image_id)

@@ -10,8 +10,26 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from vlbert.errors import InputError
 from vlbert.features.config import ExtractConfig
 from vlbert.features.images import DecodedImage
+
+
+class WeightsDownloadError(InputError):
+    """Published weights that could not be downloaded (no network, a proxy, a firewall): the message
+    names the URL, where the file is looked for, and how to use a local copy instead."""
+
+
+def download_error(url: str, error: BaseException, cached: str, setting: str) -> WeightsDownloadError:
+    """The one-line error for weights at `url` that could not be fetched; `cached`: where the
+    library looks for the file before downloading it ("at <path>"); `setting`: the config line
+    that avoids the download."""
+    reason = getattr(error, "reason", None) or error
+    return WeightsDownloadError(
+        f"could not download the weights {url} ({type(error).__name__}: {reason}); on a machine without "
+        f"internet, download the file elsewhere and put it {cached}, or set `{setting}` in the extraction "
+        "config (or pass --weights)"
+    )
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlbert.features.backends import ImageRegions, regions_from_scores, sha256_file
+from vlbert.features.backends import ImageRegions, download_error, regions_from_scores, sha256_file
 from vlbert.features.boxes import select_boxes
 from vlbert.features.config import ConfigError, ExtractConfig
 from vlbert.features.images import DecodedImage
@@ -113,6 +113,26 @@ def model_identity(config: ExtractConfig) -> dict:
     return identity
 
 
+def _load_weights(checkpointer, path: str) -> None:
+    """Load a weights file, or a URL the checkpointer downloads (through iopath, into its cache); a
+    failed download (URLError, HTTPError, a timeout: all OSError) becomes one line saying what to do."""
+    if os.path.isfile(path):
+        checkpointer.load(path)
+        return
+    try:
+        checkpointer.load(path)
+    except OSError as err:
+        try:
+            from iopath.common.file_io import get_cache_dir
+
+            cache = get_cache_dir()
+        except ImportError:
+            cache = "~/.torch/iopath_cache"
+        name = os.path.basename(path.rstrip("/")) or "model_final.pkl"
+        raise download_error(path, err, f"under {cache} (the download cache, keeping the URL's folders)",
+                             f"weights: /path/to/{name}") from err
+
+
 class Detectron2Backend:
     """Regions from a detectron2 GeneralizedRCNN. class_probs [N, C+1], background last."""
 
@@ -134,7 +154,7 @@ class Detectron2Backend:
                 torch.random.set_rng_state(state)
         else:
             self.model = build_model(self.cfg)
-            DetectionCheckpointer(self.model).load(path)
+            _load_weights(DetectionCheckpointer(self.model), path)
         self.model.eval()
         predictor = self.model.roi_heads.box_predictor
         self.feature_dim = int(predictor.cls_score.in_features)

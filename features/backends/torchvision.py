@@ -21,7 +21,7 @@ from torchvision.models.detection import (
     fasterrcnn_resnet50_fpn_v2,
 )
 
-from vlbert.features.backends import ImageRegions, regions_from_scores, sha256_file
+from vlbert.features.backends import ImageRegions, download_error, regions_from_scores, sha256_file
 from vlbert.features.boxes import select_boxes
 from vlbert.features.config import ConfigError, ExtractConfig
 from vlbert.features.images import DecodedImage
@@ -80,8 +80,22 @@ def weights_on_machine(config: ExtractConfig) -> bool:
     weights = published_weights(config)
     if weights is None:
         return os.path.isfile(str(config.weights))
-    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-    return os.path.isfile(cached)
+    return os.path.isfile(cached_weights_path(weights))
+
+
+def cached_weights_path(weights) -> str:
+    """Where torchvision looks for published weights before downloading them (torch.hub's cache)."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+
+
+def _with_published_weights(builder, weights, kwargs: dict) -> torch.nn.Module:
+    """The detector with torchvision's published weights, which it downloads on first use; a failed
+    download (URLError, HTTPError, a timeout: all OSError) becomes one line saying what to do."""
+    try:
+        return builder(weights=weights, **kwargs)
+    except OSError as err:
+        cached = cached_weights_path(weights)
+        raise download_error(weights.url, err, f"at {cached}", f"weights: /path/to/{os.path.basename(cached)}") from err
 
 
 def _load_state_dict(path: str) -> dict:
@@ -108,7 +122,7 @@ def build_model(config: ExtractConfig) -> torch.nn.Module:
         finally:
             torch.random.set_rng_state(generator_state)
     elif (weights := published_weights(config)) is not None:
-        model = builder(weights=weights, **kwargs)  # torchvision downloads to its cache on first use
+        model = _with_published_weights(builder, weights, kwargs)
     else:
         state = _load_state_dict(str(config.weights))
         num_classes = int(state[_CLASSIFIER_KEY].shape[0])

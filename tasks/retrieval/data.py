@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+from vlbert.data.text_files import read_json, read_text
+from vlbert.errors import InputError, InputNotFound
 from vlbert.featstore import FeatureStore
 
 IMAGE_ID_SOURCES = ("stem", "filename", "imgid", "cocoid")
@@ -48,19 +50,19 @@ class RetrievalSplit:
 
     def __post_init__(self) -> None:
         if len(self.captions) != len(self.caption_image):
-            raise ValueError(f"{self.source}: {len(self.captions)} captions but {len(self.caption_image)} image links")
+            raise InputError(f"{self.source}: {len(self.captions)} captions but {len(self.caption_image)} image links")
         if len(set(self.image_ids)) != len(self.image_ids):
             seen: set[str] = set()
             dup = [i for i in self.image_ids if i in seen or seen.add(i)]
-            raise ValueError(f"{self.source}: image ids occur twice: {sorted(set(dup))[:10]}")
+            raise InputError(f"{self.source}: image ids occur twice: {sorted(set(dup))[:10]}")
         self.image_captions = [[] for _ in self.image_ids]
         for c, row in enumerate(self.caption_image):
             if not 0 <= row < len(self.image_ids):
-                raise ValueError(f"{self.source}: caption {c} points to image row {row} of {len(self.image_ids)}")
+                raise InputError(f"{self.source}: caption {c} points to image row {row} of {len(self.image_ids)}")
             self.image_captions[row].append(c)
         empty = [self.image_ids[i] for i, caps in enumerate(self.image_captions) if not caps]
         if empty:
-            raise ValueError(f"{self.source}: images without captions: {empty[:10]}")
+            raise InputError(f"{self.source}: images without captions: {empty[:10]}")
 
     @property
     def num_images(self) -> int:
@@ -93,18 +95,18 @@ def image_id_from_filename(filename: str, image_id_from: str = "stem") -> str:
         return name.stem
     if image_id_from == "filename":
         return name.name
-    raise ValueError(f"image_id_from={image_id_from!r} cannot map a file name; use 'stem' or 'filename'")
+    raise InputError(f"image_id_from={image_id_from!r} cannot map a file name; use 'stem' or 'filename'")
 
 
 def _karpathy_image_id(entry: dict, image_id_from: str, where: str) -> str:
     if image_id_from not in IMAGE_ID_SOURCES:
-        raise ValueError(f"image_id_from must be one of {IMAGE_ID_SOURCES}, got {image_id_from!r}")
+        raise InputError(f"image_id_from must be one of {IMAGE_ID_SOURCES}, got {image_id_from!r}")
     if image_id_from in ("stem", "filename"):
         if "filename" not in entry:
-            raise ValueError(f"{where}: image entry has no 'filename'")
+            raise InputError(f"{where}: image entry has no 'filename'")
         return image_id_from_filename(entry["filename"], image_id_from)
     if image_id_from not in entry:
-        raise ValueError(f"{where}: image entry has no {image_id_from!r} field; set image_id_from: stem")
+        raise InputError(f"{where}: image entry has no {image_id_from!r} field; set image_id_from: stem")
     return str(entry[image_id_from])
 
 
@@ -122,10 +124,9 @@ def load_karpathy(
 ) -> RetrievalSplit:
     """Images of the given Karpathy splits (e.g. ["train", "restval"]) in file order."""
     path = Path(path)
-    with open(path) as f:
-        data = json.load(f)
+    data = read_json(path, "retrieval annotations")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"{path} is not a Karpathy-split file: expected {{'images': [...]}} at the top")
+        raise InputError(f"{path} is not a Karpathy-split file: expected {{'images': [...]}} at the top")
     wanted = set(splits)
     groups: dict[str, list[str]] = {}
     present: set[str] = set()
@@ -137,18 +138,18 @@ def load_karpathy(
             continue
         image_id = _karpathy_image_id(entry, image_id_from, where)
         if image_id in groups:
-            raise ValueError(f"{where}: image id {image_id!r} occurs twice; choose another image_id_from")
+            raise InputError(f"{where}: image id {image_id!r} occurs twice; choose another image_id_from")
         texts = []
         for sentence in entry.get("sentences", []):
             text = sentence.get("raw") if isinstance(sentence, dict) else sentence
             if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{where}: a sentence has no 'raw' text")
+                raise InputError(f"{where}: a sentence has no 'raw' text")
             texts.append(text.strip())
         if not texts:
-            raise ValueError(f"{where}: image {image_id!r} has no sentences")
+            raise InputError(f"{where}: image {image_id!r} has no sentences")
         groups[image_id] = texts
     if not groups:
-        raise ValueError(f"{path} has no images in split(s) {sorted(wanted)}; the file has splits {sorted(present)}")
+        raise InputError(f"{path} has no images in split(s) {sorted(wanted)}; the file has splits {sorted(present)}")
     return _assemble(groups, f"{path} [{'+'.join(splits)}]")
 
 
@@ -158,29 +159,30 @@ def load_jsonl(
     """Caption lines (see the module docstring), merged per image in order of first appearance."""
     path = Path(path)
     groups: dict[str, list[str]] = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not JSON ({e})") from None
-            if splits is not None and "split" in row and row["split"] not in splits:
-                continue
-            if "image_id" in row:
-                image_id = str(row["image_id"])
-            elif "image" in row:
-                image_id = image_id_from_filename(row["image"], image_id_from)
-            else:
-                raise ValueError(f"{where}: needs 'image_id' (feature-store id) or 'image' (file name)")
-            texts = row.get("captions", [row["caption"]] if "caption" in row else None)
-            if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-                raise ValueError(f"{where}: needs a non-empty 'caption' string or 'captions' list")
-            groups.setdefault(image_id, []).extend(t.strip() for t in texts)
+    for n, line in enumerate(read_text(path, "retrieval annotations").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: not JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: expected a JSON object with image_id and caption(s)")
+        if splits is not None and "split" in row and row["split"] not in splits:
+            continue
+        if "image_id" in row:
+            image_id = str(row["image_id"])
+        elif "image" in row:
+            image_id = image_id_from_filename(row["image"], image_id_from)
+        else:
+            raise InputError(f"{where}: needs 'image_id' (feature-store id) or 'image' (file name)")
+        texts = row.get("captions", [row["caption"]] if "caption" in row else None)
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise InputError(f"{where}: needs a non-empty 'caption' string or 'captions' list")
+        groups.setdefault(image_id, []).extend(t.strip() for t in texts)
     if not groups:
-        raise ValueError(f"{path} has no caption lines" + (f" in split(s) {list(splits)}" if splits else ""))
+        raise InputError(f"{path} has no caption lines" + (f" in split(s) {list(splits)}" if splits else ""))
     return _assemble(groups, f"{path}" + (f" [{'+'.join(splits)}]" if splits else ""))
 
 
@@ -192,9 +194,9 @@ def load_split(
         splits = [splits]
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"retrieval annotations {path} do not exist")
+        raise InputNotFound(f"retrieval annotations {path} do not exist")
     if path.suffix == ".jsonl":
         return load_jsonl(path, splits, image_id_from)
     if not splits:
-        raise ValueError(f"{path}: a Karpathy-split file needs the split(s) to read, e.g. ['test']")
+        raise InputError(f"{path}: a Karpathy-split file needs the split(s) to read, e.g. ['test']")
     return load_karpathy(path, splits, image_id_from)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch.utils.data import DataLoader
 
 from vlbert.data.tokenizer import load_tokenizer
+from vlbert.errors import InputError
 from vlbert.featstore import FeatureStore
 from vlbert.training.data import TrainingDataModule
 
@@ -85,7 +86,7 @@ class RetrievalDataModule(TrainingDataModule):
         """
         super().__init__()
         if image_id_from not in IMAGE_ID_SOURCES:
-            raise ValueError(f"data.image_id_from must be one of {IMAGE_ID_SOURCES}, got {image_id_from!r}")
+            raise InputError(f"data.image_id_from must be one of {IMAGE_ID_SOURCES}, got {image_id_from!r}")
         self.save_hyperparameters()
         self.tokenizer = None
         self.store: FeatureStore | None = None

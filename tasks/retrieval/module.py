@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from vlbert.errors import InputError, OutputExists
 from vlbert.modeling import ModelSettings, VLBertForRetrieval
 from vlbert.training.base import TrainingModule, as_dataclass, as_settings, build_model
 from vlbert.training.optim import Optimization, build_optimizer
@@ -84,9 +85,9 @@ class RetrievalModule(TrainingModule):
         super().__init__(export_dir)
         negatives = as_dataclass(HardNegatives, negatives)
         if negatives.loss not in LOSSES:
-            raise ValueError(f"negatives.loss must be one of {LOSSES}, got {negatives.loss!r}")
+            raise InputError(f"model.negatives.loss must be one of {LOSSES}, got {negatives.loss!r}")
         if negatives.images < 0 or negatives.captions < 0 or negatives.images + negatives.captions == 0:
-            raise ValueError("negatives.images and negatives.captions must be >= 0 and not both 0")
+            raise InputError("model.negatives.images and model.negatives.captions must be >= 0 and not both 0")
         fine_tuning = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
         self.model = build_model(VLBertForRetrieval, as_settings(model), bert, init_from, **fine_tuning)
         self.freeze_mask_embedding()
@@ -110,12 +111,23 @@ class RetrievalModule(TrainingModule):
                 ("captions", self.negatives.captions, sampled.negative_captions),
             ):
                 if kept > drawn:
-                    raise ValueError(
+                    raise InputError(
                         f"model.negatives.{kind}={kept} hard negatives cannot be kept from "
                         f"data.negative_{kind}={drawn} sampled; raise data.negative_{kind} or lower model.negatives.{kind}"
                     )
         if stage in ("validate", "test") and self.dump_scores and Path(self.dump_scores).exists():
-            raise FileExistsError(f"model.dump_scores: {self.dump_scores} exists; choose a new path")
+            raise OutputExists(f"model.dump_scores: {self.dump_scores} exists; choose a new path")
+        trainer = self._trainer
+        for name in ("limit_val_batches", "limit_test_batches"):
+            limit = getattr(trainer, name, 1.0) if trainer is not None else 1.0
+            if stage != "predict" and limit not in (1.0, None) and not (name == "limit_val_batches" and limit == 0):
+                raise InputError(f"trainer.{name}: {limit}: retrieval scores every image against every caption, so "
+                                 "evaluation needs every batch; remove it (or set limit_val_batches: 0 to skip validation)")
+
+    def output_paths(self, stage: str, root_dir: str) -> dict[str, tuple[Path, bool]]:
+        if stage in ("validate", "test") and self.dump_scores:
+            return {"model.dump_scores": (Path(self.dump_scores), False)}
+        return super().output_paths(stage, root_dir)
 
     # -- scoring --------------------------------------------------------------------------
 
@@ -227,7 +239,7 @@ class RetrievalModule(TrainingModule):
         scores = gather_rows(state["scores"], split.num_images)
         if torch.isnan(scores).any():
             missing = int(torch.isnan(scores).any(1).sum())
-            raise RuntimeError(
+            raise InputError(
                 f"{missing} of {split.num_images} images were not scored; evaluation needs every batch "
                 "(do not set trainer.limit_val_batches / limit_test_batches for retrieval)"
             )
@@ -249,7 +261,7 @@ class RetrievalModule(TrainingModule):
             return
         path = Path(self.dump_scores)
         if path.exists():
-            raise FileExistsError(f"model.dump_scores: {path} exists; choose a new path")
+            raise OutputExists(f"model.dump_scores: {path} exists; choose a new path")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         torch.save(

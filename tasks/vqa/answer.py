@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlbert.errors import InputError
 from vlbert.data.collate import collate_inputs
 from vlbert.data.regions import box_locations
 from vlbert.data.tokenizer import load_tokenizer
@@ -39,7 +40,7 @@ from vlbert.modeling.vqa import INPUTS_FILE
 DEFAULT_INPUTS = {"max_text_len": 40, "max_regions": 100}
 
 
-class AnswerError(ValueError):
+class AnswerError(InputError):
     """A request `vlbert answer` cannot serve, with what to do instead."""
 
 
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         results = answer_questions(model, tokenizer, args.question, regions, inputs["max_text_len"], inputs["max_regions"], args.top_k)
         if args.save_image is not None:
             save_answer_figure(args, model, tokenizer, inputs, regions, results, picture)
-    except (AnswerError, ValueError, FileNotFoundError) as err:
+    except (InputError, FileNotFoundError) as err:  # AnswerError, FeatureStoreError, ...
         print(f"vlbert answer: error: {err}", file=sys.stderr)
         return 1
     if args.json:

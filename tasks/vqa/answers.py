@@ -35,6 +35,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
+from vlbert.errors import InputError
 from vlbert.modeling.vqa import ANSWERS_FORMAT, read_answers_file
 
 # The marks the official evaluation treats as punctuation ('.' is handled separately).
@@ -149,7 +150,7 @@ def leave_one_out_accuracy(prediction: str, answers: Sequence[str], removed_with
     runs in answer order with the official tool's values, so the float is bit-identical.
     """
     if not answers:
-        raise ValueError("a question with no human answers has no VQA accuracy")
+        raise InputError("a question with no human answers has no VQA accuracy")
     matches = sum(1 for answer in answers if answer == prediction)
     total = 0
     for i, answer in enumerate(answers):
@@ -164,7 +165,7 @@ def answer_accuracy(prediction: str, human_answers: Sequence[str]) -> float:
     return leave_one_out_accuracy(compared_prediction(prediction, normalised), forms)
 
 
-class UnknownAnswerError(KeyError):
+class UnknownAnswerError(InputError, KeyError):
     """An answer that is not in the answer vocabulary."""
 
     def __str__(self) -> str:  # KeyError would print the message with quotes around it
@@ -193,12 +194,12 @@ class AnswerVocab:
         where = f" in {path}" if path else ""
         for answer in answers:
             if not isinstance(answer, str):
-                raise ValueError(f"answer vocabulary{where}: entry {answer!r} is not a string")
+                raise InputError(f"answer vocabulary{where}: entry {answer!r} is not a string")
         repeated = [answer for answer, n in Counter(answers).items() if n > 1]
         if repeated:
-            raise ValueError(f"answer vocabulary{where} lists {len(repeated)} answer(s) twice, e.g. {repeated[:5]}")
+            raise InputError(f"answer vocabulary{where} lists {len(repeated)} answer(s) twice, e.g. {repeated[:5]}")
         if counts is not None and len(counts) != len(answers):
-            raise ValueError(f"answer vocabulary{where}: {len(counts)} counts for {len(answers)} answers")
+            raise InputError(f"answer vocabulary{where}: {len(counts)} counts for {len(answers)} answers")
         self._answers = answers
         self._index = {answer: i for i, answer in enumerate(answers)}
         self.counts = list(counts) if counts is not None else None
@@ -296,10 +297,10 @@ def count_majority_answers(majority_answers: Iterable[str]) -> Counter:
 def vocab_from_counts(counts: Mapping[str, int], min_count: int = 9, count_by: str | None = None) -> AnswerVocab:
     """Answers counted at least ``min_count`` times, most frequent first (ties alphabetical)."""
     if min_count < 1:
-        raise ValueError(f"min_count must be at least 1, got {min_count}")
+        raise InputError(f"min_count must be at least 1, got {min_count}")
     kept = sorted((answer for answer, n in counts.items() if n >= min_count), key=lambda a: (-counts[a], a))
     if not kept:
-        raise ValueError(f"no answer occurs {min_count} or more times ({len(counts)} distinct answers); lower min_count")
+        raise InputError(f"no answer occurs {min_count} or more times ({len(counts)} distinct answers); lower min_count")
     return AnswerVocab(kept, [counts[a] for a in kept], min_count=min_count, count_by=count_by)
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from vlbert.data.text_files import read_json
+from vlbert.errors import InputError
 from vlbert.tasks.vqa.answers import (
     AnswerVocab,
     count_human_answers,
@@ -36,7 +38,7 @@ PLAIN_FEATURE_ID = "{image_id}"
 IMAGE_SUBTYPE = {"test-dev2015": "test2015"}
 
 
-class VQADataError(ValueError):
+class VQADataError(InputError):
     """A question / annotation file that cannot be used, saying which file and what to fix."""
 
 
@@ -55,14 +57,10 @@ class VQAExample:
 
 
 def _read_json(path: str | os.PathLike, what: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise VQADataError(f"{what} file {path} does not exist")
     try:
-        with path.open(encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as err:
-        raise VQADataError(f"{what} file {path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+        return read_json(path, f"{what} file")
+    except InputError as error:
+        raise VQADataError(str(error)) from None
 
 
 def _records(data: Any, key: str, required: Sequence[str], path: str | os.PathLike, what: str) -> list[dict]:

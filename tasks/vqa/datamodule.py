@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vlbert.data.tokenizer import load_tokenizer
+from vlbert.errors import InputError
 from vlbert.featstore import FeatureStore
 from vlbert.tasks.vqa.answers import AnswerVocab
 from vlbert.tasks.vqa.data import (
@@ -93,9 +94,9 @@ class VQADataModule(TrainingDataModule):
         super().__init__()
         self.save_hyperparameters(ignore=["answers"])
         if not 0 < train_fraction <= 1:
-            raise ValueError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
+            raise InputError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
         if len(_as_list(train_questions)) != len(_as_list(train_annotations)):
-            raise ValueError(
+            raise InputError(
                 f"data.train_questions has {len(_as_list(train_questions))} file(s) but data.train_annotations "
                 f"{len(_as_list(train_annotations))}; give one annotation file per question file, in the same order"
             )
@@ -118,7 +119,7 @@ class VQADataModule(TrainingDataModule):
         if questions is None:
             return []
         if split in ("val", "test") and annotations is None:
-            raise ValueError(f"data.{split}_questions is set but data.{split}_annotations is not: "
+            raise InputError(f"data.{split}_questions is set but data.{split}_annotations is not: "
                              f"accuracy needs the answers (use predict for questions without annotations)")
         return load_vqa(questions, annotations, fmt)
 
@@ -139,10 +140,10 @@ class VQADataModule(TrainingDataModule):
                     f"the {split} questions (feature ids made with data.feature_id_format={hp.feature_id_format!r})",
                 )
         if stage == "fit" and not self.examples["train"]:
-            raise ValueError("vqa fit needs training questions: set data.train_questions and data.train_annotations")
+            raise InputError("vqa fit needs training questions: set data.train_questions and data.train_annotations")
         for split in needed.get(stage, ()):
             if not self.examples[split] and split != "val":
-                raise ValueError(f"vqa {stage} needs data.{split}_questions")
+                raise InputError(f"vqa {stage} needs data.{split}_questions")
 
     def dataset(self, split: str) -> VQADataset:
         """The split's dataset, with soft targets against the current vocabulary where answers exist."""
@@ -150,10 +151,10 @@ class VQADataModule(TrainingDataModule):
         if cached is not None and cached[0] is self.vocab:
             return cached[1]
         if self.vocab is None:
-            raise ValueError("the VQA data needs the model's answer vocabulary: VQADataModule(answers=module.vocab)")
+            raise InputError("the VQA data needs the model's answer vocabulary: VQADataModule(answers=module.vocab)")
         examples = self.examples.get(split) or []
         if not examples:
-            raise ValueError(f"no {split} questions: set data.{split}_questions")
+            raise InputError(f"no {split} questions: set data.{split}_questions")
         hp = self.hparams
         targets = answer_targets(examples, self.vocab) if split != "predict" else None
         if split == "train":
@@ -163,7 +164,7 @@ class VQADataModule(TrainingDataModule):
                 examples, targets = [examples[i] for i in keep], [targets[i] for i in keep]
             examples, targets = select_for_training(examples, targets, hp.keep_unanswerable)
             if not examples:
-                raise ValueError(f"no training question has an answer in the vocabulary of {len(self.vocab)} answers")
+                raise InputError(f"no training question has an answer in the vocabulary of {len(self.vocab)} answers")
         dataset = VQADataset(examples, self.store, self.tokenizer, targets, hp.max_text_len, hp.max_regions)
         self._datasets[split] = (self.vocab, dataset)
         return dataset
@@ -200,7 +201,7 @@ def vocab_from_annotations(questions: str | list[str], annotations: str | list[s
     question file), for a model that has none yet."""
     questions, annotations = _as_list(questions), _as_list(annotations)
     if not questions or len(questions) != len(annotations):
-        raise ValueError("building an answer vocabulary needs the training questions and their annotations "
+        raise InputError("building an answer vocabulary needs the training questions and their annotations "
                          "(data.train_questions / data.train_annotations), or pass model.answers")
     examples = [e for q, a in zip(questions, annotations) for e in load_vqa(q, a, feature_id_format)]
     return build_answer_vocab(examples, min_count, count_by)

@@ -20,10 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any, Hashable, Sequence
 
+from vlbert.errors import InputError
 from vlbert.tasks.vqa.metric import VQAAccuracy, evaluate_annotations
 
 
-class VQAEvalError(ValueError):
+class VQAEvalError(InputError):
     """Input files that the evaluation cannot score, with what is wrong and how to fix it."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from vlbert.errors import InputError, OutputExists
 from vlbert.modeling import ModelSettings, VLBertForVQA
 from vlbert.modeling.vqa import ANSWERS_FILE, INPUTS_FILE, answers_of
 from vlbert.tasks.vqa.answers import AnswerVocab
@@ -79,7 +80,7 @@ class VQAModule(TrainingModule):
         super().__init__(export_dir)
         self.vocab = answer_vocab(answers, init_from, load_head)
         if self.vocab is None:
-            raise ValueError("the VQA model has no answer vocabulary: pass model.answers (a file or list), or "
+            raise InputError("the VQA model has no answer vocabulary: pass model.answers (a file or list), or "
                              "model.init_from a fine-tuned VQA model; `vlbert vqa fit` builds one from the training annotations")
         keep_head = bool(init_from) and load_head and answers_of(init_from) == self.vocab.answers
         if init_from and load_head and not keep_head and answers_of(init_from) is not None:
@@ -100,7 +101,7 @@ class VQAModule(TrainingModule):
 
     def check_data(self, datamodule, stage: str) -> None:
         if datamodule.vocab != self.vocab:
-            raise ValueError("the VQA data was built over other answers than the model's; pass the model's vocabulary "
+            raise InputError("the VQA data was built over other answers than the model's; pass the model's vocabulary "
                              "to the datamodule (VQADataModule(answers=module.vocab), as `vlbert vqa` does)")
         self.inputs = {k: datamodule.hparams[k] for k in ("max_text_len", "max_regions")}
 
@@ -160,13 +161,18 @@ class VQAModule(TrainingModule):
 
     # -- predict ----------------------------------------------------------------------------
 
-    def _results_path(self) -> Path:
-        return Path(self.results_file or os.path.join(self.trainer.default_root_dir, "vqa_results.json"))
+    def _results_path(self, root_dir: str | None = None) -> Path:
+        return Path(self.results_file or os.path.join(root_dir or self.trainer.default_root_dir, "vqa_results.json"))
+
+    def output_paths(self, stage: str, root_dir: str) -> dict[str, tuple[Path, bool]]:
+        if stage == "predict":
+            return {"model.results_file": (self._results_path(root_dir), False)}
+        return super().output_paths(stage, root_dir)
 
     def on_predict_start(self) -> None:
         path = self._results_path()
         if path.exists():
-            raise FileExistsError(f"{path} already exists; choose another --model.results_file (it is never overwritten)")
+            raise OutputExists(f"model.results_file: {path} already exists; choose another path (it is never overwritten)")
         self._predictions = []
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:

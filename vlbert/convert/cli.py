@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from vlbert.errors import InputError
 from vlbert.convert.state import ConversionError, Converted
 
 SOURCES = ("visualbert", "uniter", "vlbert")
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         print(convert(args))
-    except (ValueError, OSError) as error:  # ConversionError, bad files, tokenizers not found
+    except (InputError, OSError) as error:  # ConversionError, bad files, tokenizers not found
         print(f"vlbert convert: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vlbert.errors import InputError
+
 if TYPE_CHECKING:
     from vlbert.modeling.config import VLBertConfig
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
     """A checkpoint that cannot be converted faithfully; the message says what and how to fix it."""
 
 

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from vlbert.errors import InputError, InputNotFound
 from vlbert.modeling.config import VLBertConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -27,10 +28,10 @@ def load_pretrained(directory: str | os.PathLike) -> tuple[VLBertConfig, dict[st
     """Config and state dict of a model directory as stored, with clear errors for what is not one."""
     path = Path(directory)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a directory; expected a vlbert model directory (save_pretrained)")
+        raise InputNotFound(f"{path} is not a directory; expected a vlbert model directory (save_pretrained)")
     weights = path / WEIGHTS_NAME
     if not weights.exists() or not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} lacks config.json / {WEIGHTS_NAME}; export one with `vlbert export` or convert with `vlbert convert`")
+        raise InputNotFound(f"{path} lacks config.json / {WEIGHTS_NAME}; export one with `vlbert export` or convert with `vlbert convert`")
     return VLBertConfig.from_pretrained(path), load_file(str(weights))
 
 
@@ -71,7 +72,7 @@ def load_submodule_state(module: nn.Module, state: dict[str, torch.Tensor], pref
     mismatched = [f"{prefix}{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sub.items() if k in own and own[k].shape != v.shape]
     unexpected = [prefix + k for k in sub if k not in own]
     if mismatched or (strict and unexpected):
-        raise ValueError(f"cannot load weights: shape mismatches {mismatched}, unexpected keys {unexpected}")
+        raise InputError(f"cannot load weights: shape mismatches {mismatched}, unexpected keys {unexpected}")
     module.load_state_dict(sub, strict=False)
     return [k for k in own if k not in sub]
 
@@ -81,7 +82,7 @@ def load_complete_state(module: nn.Module, state: dict[str, torch.Tensor], prefi
     names where it came from in the error."""
     missing = load_submodule_state(module, state, prefix, strict=True)
     if missing:
-        raise ValueError(f"{source} lacks weights {missing[:10]}")
+        raise InputError(f"{source} lacks weights {missing[:10]}")
 
 
 # -- HF BERT checkpoints ---------------------------------------------------------------
@@ -161,7 +162,7 @@ def load_bert_into(model: nn.Module, name_or_path: str | os.PathLike) -> dict[st
     config: VLBertConfig = target.config
     vocab = encoder_state["text_embeddings.word_embeddings.weight"].shape
     if vocab != (config.vocab_size, config.hidden_size):
-        raise ValueError(
+        raise InputError(
             f"BERT checkpoint {name_or_path} has word embeddings {tuple(vocab)} but the config asks for "
             f"vocab_size={config.vocab_size}, hidden_size={config.hidden_size}; take the sizes from the checkpoint "
             "(VLBertConfig.from_bert) or fix the config"

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers.utils import ModelOutput
 
+from vlbert.errors import InputError, InputNotFound
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.heads import VQAHead
 from vlbert.modeling.losses import vqa_loss
@@ -35,23 +36,23 @@ def read_answers_file(path: str | os.PathLike) -> dict:
     answers.json, a JSON list of answers, or an {answer: index} object (UNITER / LXMERT ans2label)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"answer vocabulary {path} does not exist")
+        raise InputNotFound(f"answer vocabulary {path} does not exist")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"answer vocabulary {path} is not valid JSON: {err}") from None
+        raise InputError(f"answer vocabulary {path} is not valid JSON: {err}") from None
     empty = {"counts": None, "min_count": None, "count_by": None}
     if isinstance(data, list):
         return {"answers": data, **empty}
     if isinstance(data, dict) and data.get("format") == ANSWERS_FORMAT:
         if not isinstance(data.get("answers"), list):
-            raise ValueError(f"answer vocabulary {path} has no 'answers' list")
+            raise InputError(f"answer vocabulary {path} has no 'answers' list")
         return {"answers": data["answers"], **{k: data.get(k) for k in empty}}
     if isinstance(data, dict) and all(isinstance(v, int) for v in data.values()):
         if sorted(data.values()) != list(range(len(data))):
-            raise ValueError(f"answer vocabulary {path}: the indices of an answer->index object must be 0..{len(data) - 1}")
+            raise InputError(f"answer vocabulary {path}: the indices of an answer->index object must be 0..{len(data) - 1}")
         return {"answers": sorted(data, key=data.__getitem__), **empty}
-    raise ValueError(f"answer vocabulary {path} is neither a vlbert vocabulary, a JSON list of answers nor an {{answer: index}} object")
+    raise InputError(f"answer vocabulary {path} is neither a vlbert vocabulary, a JSON list of answers nor an {{answer: index}} object")
 
 
 def answers_of(directory: str | os.PathLike) -> list[str] | None:

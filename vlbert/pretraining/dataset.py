@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vlbert.data.annotations import CaptionPair
+from vlbert.errors import InputError
 from vlbert.data.collate import cat_rows, collate_inputs, fresh_memory_is_zeroed, new_tensors, pad_stack, torch_dtype
 from vlbert.data.regions import box_locations
 from vlbert.data.samplers import EXAMPLE_POSITION_KEY, key_position, put_batch_position
@@ -69,7 +70,7 @@ class PretrainDataset(Dataset):
         self.image_ids = sorted({p.image_id for p in self.pairs})
         self.image_position = {image_id: i for i, image_id in enumerate(self.image_ids)}
         if objectives.itm > 0 and len(self.image_ids) < 2:
-            raise ValueError("ITM needs captions of at least 2 different images to draw negatives")
+            raise InputError("ITM needs captions of at least 2 different images to draw negatives")
         encoded = tokenizer([p.caption for p in self.pairs], truncation=True, max_length=max_text_len)["input_ids"]
         self.input_ids = [np.asarray(ids, dtype=np.int64) for ids in encoded]
         self.mask_token_id = tokenizer.mask_token_id

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vlbert.errors import InputError
+
 TASKS = ("mlm", "mrfr", "mrc", "mrc_kl", "itm")
 REGION_TASKS = ("mrfr", "mrc", "mrc_kl")
 
@@ -30,14 +32,14 @@ class Objectives:
 
     def __post_init__(self) -> None:
         if self.mixing not in ("sample", "sum"):
-            raise ValueError(f"objectives.mixing must be 'sample' or 'sum', got {self.mixing!r}")
+            raise InputError(f"objectives.mixing must be 'sample' or 'sum', got {self.mixing!r}")
         if any(w < 0 for w in self.weights().values()):
-            raise ValueError(f"objective weights must be >= 0, got {self.weights()}")
+            raise InputError(f"objective weights must be >= 0, got {self.weights()}")
         if not any(self.weights().values()):
-            raise ValueError("every objective weight is 0: enable at least one of " + ", ".join(TASKS))
+            raise InputError("every objective weight is 0: enable at least one of " + ", ".join(TASKS))
         for name in ("text_mask_prob", "region_mask_prob", "itm_negative_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"objectives.{name} must be in [0, 1]")
+                raise InputError(f"objectives.{name} must be in [0, 1]")
 
     def weights(self) -> dict[str, float]:
         return {task: float(getattr(self, task)) for task in TASKS}

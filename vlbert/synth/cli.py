@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vlbert.errors import InputError
+
 from .world import generate_world
 
 
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             verbose=True,
         )
-    except (FileExistsError, ValueError) as err:
+    except (InputError, FileExistsError) as err:
         print(f"vlbert synth: {err}", file=sys.stderr)
         return 1
     sizes = ", ".join(f"{s} {len(world.image_ids(s))}" for s in ("train", "val", "test"))

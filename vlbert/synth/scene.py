@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vlbert.errors import InputError
+
 # Saturated colours that stay far apart from each other and from the grey background.
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -129,7 +131,7 @@ def _overlaps(box: tuple[int, int, int, int], others: list[SceneObject], gap: in
 def sample_scene(rng: np.random.Generator, image_id: int, image_size: int) -> Scene:
     """2-6 non-overlapping objects with uniformly drawn colour, shape and size."""
     if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size {image_size} is too small to draw shapes; use at least {MIN_IMAGE_SIZE}")
+        raise InputError(f"image_size {image_size} is too small to draw shapes; use at least {MIN_IMAGE_SIZE}")
     grey = int(rng.integers(200, 236))
     scene = Scene(image_id=image_id, width=image_size, height=image_size, background=(grey, grey, grey))
     target = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlbert.errors import InputError
 from vlbert.data.tokenizer import build_word_tokenizer
 from vlbert.featstore import FeatureStoreError, FeatureWriter, read_header
 
@@ -111,20 +112,20 @@ class World:
 
 def _check_split(split: str) -> str:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; the synthetic world has {list(SPLITS)}")
+        raise InputError(f"unknown split {split!r}; the synthetic world has {list(SPLITS)}")
     return split
 
 
 def split_counts(num_images: int, fractions: tuple[float, float, float]) -> list[int]:
     """Images per split (train, val, test): rounded fractions, the remainder going to test."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+        raise InputError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
     train = int(round(fractions[0] * num_images))
     val = int(round(fractions[1] * num_images))
     counts = [train, val, num_images - train - val]
     for name, frac, count in zip(SPLITS, fractions, counts):
         if frac > 0 and count <= 0:
-            raise ValueError(
+            raise InputError(
                 f"{num_images} images leave the {name} split empty with fractions {list(fractions)}; "
                 "generate more images or change the fractions"
             )
@@ -238,11 +239,11 @@ def generate_world(
     ``features.h5``; a directory without our manifest is never written into).
     """
     if num_images < 1:
-        raise ValueError(f"num_images must be positive, got {num_images}")
+        raise InputError(f"num_images must be positive, got {num_images}")
     if feature_dim < 1:
-        raise ValueError(f"feature_dim must be positive, got {feature_dim}")
+        raise InputError(f"feature_dim must be positive, got {feature_dim}")
     if feature_noise < 0:
-        raise ValueError(f"feature_noise must be >= 0, got {feature_noise}")
+        raise InputError(f"feature_noise must be >= 0, got {feature_noise}")
     counts = split_counts(num_images, tuple(split_fractions))
     feature_settings = FeatureSettings(feature_dim=feature_dim, noise_std=feature_noise)
     settings = _settings(seed, num_images, image_size, split_fractions, feature_settings)

@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 
+from vlbert.data.tokenizer import has_tokenizer_files, load_tokenizer, vocabulary_difference, vocabulary_fingerprint
+from vlbert.errors import InputError, InputNotFound
 from vlbert.modeling import ModelSettings, VLBertConfig, VLBertModel, VLBertPreTrainedModel
 from vlbert.modeling.config import REGION_FIELDS
 from vlbert.modeling.model import OPTIONAL_ENCODER_KEYS
@@ -62,7 +64,7 @@ def build_model(
     without `keep_heads`) start new, heads the job does not use are left out: both are logged.
     """
     if init_from and bert:
-        raise ValueError("model.init_from and model.bert are alternatives; set one")
+        raise InputError("model.init_from and model.bert are alternatives; set one of them (the other to null)")
     if init_from:
         return model_from_directory(model_class, Path(init_from), keep_heads, config_updates)
     if bert:
@@ -76,13 +78,14 @@ def build_model(
         report = load_bert_into(model, bert)
         log.info("initialised from BERT %s; new: %s", bert, report["missing"])
         return model
+    log.info("initialised from random weights (neither model.init_from nor model.bert is set)")
     return model_class(VLBertConfig.from_settings(settings, **config_updates))
 
 
 def model_from_directory(model_class: type[VLBertPreTrainedModel], directory: Path, keep_heads: bool,
                          config_updates: dict[str, Any]) -> VLBertPreTrainedModel:
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"model.init_from: {directory} is not a vlbert model directory (no config.json); "
+        raise InputNotFound(f"model.init_from: {directory} is not a vlbert model directory (no config.json); "
                                 "make one with `vlbert export` or `vlbert convert`")
     config = VLBertConfig.from_pretrained(directory)
     for name, value in config_updates.items():
@@ -94,7 +97,7 @@ def model_from_directory(model_class: type[VLBertPreTrainedModel], directory: Pa
     missing = sorted(info["missing_keys"])
     encoder_missing = [k for k in missing if k.startswith(prefix) and k.removeprefix(prefix) not in OPTIONAL_ENCODER_KEYS]
     if encoder_missing or info["mismatched_keys"]:
-        raise ValueError(f"model.init_from: {directory} does not hold this encoder: missing {encoder_missing[:8]}, "
+        raise InputError(f"model.init_from: {directory} does not hold this encoder: missing {encoder_missing[:8]}, "
                          f"mismatched {sorted(info['mismatched_keys'])[:8]}")
     if keep_heads:
         model = loaded
@@ -155,19 +158,55 @@ class TrainingModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = self._datamodule()
-        if datamodule is None:
-            return
+        if datamodule is not None:
+            self.check_inputs(datamodule, stage)
+
+    def check_inputs(self, datamodule, stage: str) -> None:
+        """The data against the model: feature dimension, tokenizer size and vocabulary, the job's own
+        checks. `vlbert <job>` runs this before the trainer starts; Lightning's setup runs it again."""
         datamodule.store.check_feature_dim(self.config.region_feature_dim, "model.model.region_feature_dim")
         if len(datamodule.tokenizer) > self.config.vocab_size:
-            raise ValueError(
+            raise InputError(
                 f"the tokenizer has {len(datamodule.tokenizer)} tokens but the model's vocab_size is "
                 f"{self.config.vocab_size}; use the tokenizer the model was trained with, or set "
                 f"model.model.vocab_size: {len(datamodule.tokenizer)} for a new model"
             )
+        self.check_tokenizer(datamodule.tokenizer)
         self.check_data(datamodule, stage)
+
+    # set by `--allow_tokenizer_mismatch true` (vlbert.training.cli): train with another vocabulary on purpose
+    allow_tokenizer_mismatch: bool = False
+
+    def model_tokenizer(self):
+        """The tokenizer the encoder was trained with, where it is known: the init_from directory's
+        (a vlbert model directory carries its tokenizer) or the BERT checkpoint's; else None."""
+        source = self.initialised_from.get("init_from") or self.initialised_from.get("bert")
+        if source and Path(source).is_dir() and has_tokenizer_files(source):
+            return load_tokenizer(source)
+        return None
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """A tokenizer with other token ids than the encoder's embeddings were trained on would train
+        without a word and learn nonsense; refuse it unless the user asked for it."""
+        if self.allow_tokenizer_mismatch:
+            return
+        expected = self.model_tokenizer()
+        if expected is not None and vocabulary_fingerprint(expected) != vocabulary_fingerprint(tokenizer):
+            source = "model.init_from" if self.initialised_from.get("init_from") else "model.bert"
+            raise InputError(
+                f"data.tokenizer {tokenizer.name_or_path} is not the tokenizer {source} {expected.name_or_path} was "
+                f"trained with ({vocabulary_difference(tokenizer, expected)}); set data.tokenizer: {expected.name_or_path}, "
+                "or pass --allow_tokenizer_mismatch true to train with another vocabulary on purpose"
+            )
 
     def check_data(self, datamodule, stage: str) -> None:
         """A job's own checks of its data against the model, before any work."""
+
+    def output_paths(self, stage: str, root_dir: str) -> dict[str, tuple[Path, bool]]:
+        """What `stage` writes, checked before any work: config key -> (path, whether a directory)."""
+        if stage == "fit" and self.export_dir:
+            return {"model.export_dir": (Path(self.export_dir), True)}
+        return {}
 
     # -- checkpoints and export -------------------------------------------------------------
 
@@ -189,12 +228,13 @@ class TrainingModule(L.LightningModule):
         if datamodule is not None:
             checkpoint["vlbert_features"] = datamodule.feature_header
             checkpoint["vlbert_tokenizer"] = str(datamodule.tokenizer.name_or_path)
+            checkpoint["vlbert_vocabulary"] = vocabulary_fingerprint(datamodule.tokenizer)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "vlbert_job" not in checkpoint:
             upgrade_legacy(checkpoint, "the checkpoint")
         if checkpoint["vlbert_job"] != self.job:
-            raise ValueError(f"this is a `vlbert {checkpoint['vlbert_job']}` checkpoint, not a `vlbert {self.job}` one")
+            raise InputError(f"this is a `vlbert {checkpoint['vlbert_job']}` checkpoint, not a `vlbert {self.job}` one")
         rng = checkpoint.get("vlbert_rng")
         if rng:
             torch.set_rng_state(rng["cpu"])

@@ -6,6 +6,7 @@ Every checkpoint written by `vlbert pretrain`, `vqa` or `retrieval` carries:
   vlbert_files     the extra files of its model directory (e.g. answers.json), as plain data
   vlbert_features  the header of the features it was trained on (features.json)
   vlbert_tokenizer where the tokenizer was loaded from
+  vlbert_vocabulary a digest of the tokenizer's vocabulary (a resumed run must use the same one)
   vlbert_card      what the model card needs that only the run knows (data, batch, steps, metrics)
   vlbert_rng       the global RNG states (dropout), for an exact resume
 Weights are under state_dict["model.*"]. Everything is plain data: checkpoints load with
@@ -14,10 +15,12 @@ torch.load(weights_only=True).
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import torch
 
+from vlbert.errors import InputError
 from vlbert.modeling import VLBertConfig, VLBertForPretraining, VLBertForRetrieval, VLBertForVQA, VLBertPreTrainedModel
 from vlbert.modeling.vqa import with_answers
 
@@ -29,7 +32,7 @@ JOB_MODELS: dict[str, type[VLBertPreTrainedModel]] = {
 MODEL_PREFIX = "model."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A file that is not a vlbert checkpoint, or one that lacks what is asked of it."""
 
 
@@ -44,6 +47,9 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip files since torch 1.6
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a torch.save zip file); give a .ckpt file "
+                              "that `vlbert pretrain`, `vqa` or `retrieval` wrote")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises many kinds for a file that is not a checkpoint

@@ -11,13 +11,13 @@ files (VQA: answers.json, vqa.json) and README.md, a model card of what the run 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from vlbert.modeling import VLBertPreTrainedModel
 from vlbert.modeling.pretrained import quiet_transformers, write_extras
-from vlbert.training.checkpoints import CheckpointError, model_from_checkpoint, read_checkpoint
+from vlbert.training.checkpoints import model_from_checkpoint, read_checkpoint
 from vlbert.training.model_card import card_facts, data_record, model_card
+from vlbert.training.preflight import check_new_output
 
 CARD_FILE = "README.md"
 
@@ -60,6 +60,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, tokenize
     from vlbert.data.tokenizer import load_tokenizer
 
     checkpoint = read_checkpoint(checkpoint_path)
+    check_new_output("--out", out_dir, directory=True, resuming=False)
     model = model_from_checkpoint(checkpoint, checkpoint_path)
     source = tokenizer or checkpoint.get("vlbert_tokenizer")
     out = write_model_directory(out_dir, model, load_tokenizer(source) if source else None,
@@ -74,10 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output model directory")
     parser.add_argument("--tokenizer", help="tokenizer to save with it (default: the one the run used)")
     args = parser.parse_args(argv)
-    try:
-        job, out = export_checkpoint(args.checkpoint, args.out, args.tokenizer)
-    except (CheckpointError, ValueError, FileExistsError) as error:
-        print(f"vlbert export: error: {error}", file=sys.stderr)
-        return 2
+    job, out = export_checkpoint(args.checkpoint, args.out, args.tokenizer)  # bad input: one line (vlbert.cli)
     print(f"exported {args.checkpoint} ({job}) -> {out}")
     return 0

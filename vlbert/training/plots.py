@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from vlbert.errors import InputError
+
 # written by Lightning beside the metrics, not metrics themselves
 NOT_METRICS = frozenset({"step", "epoch", "hp_metric"})
 STAGE_TITLES = {"train": "Training", "val": "Validation", "test": "Test", "predict": "Prediction"}
@@ -26,7 +28,7 @@ KIND_ORDER = ("losses", "metrics", "throughput")
 STAGE_ORDER = ("train", "val", "test", "predict")
 
 
-class PlotError(Exception):
+class PlotError(InputError):
     """No logs, nothing logged yet, or a metric the run does not have: one line for the user."""
 
 

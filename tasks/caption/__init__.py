@@ -1,0 +1,1 @@
+"""Image captioning on the vlbert encoder (issue 17)."""
