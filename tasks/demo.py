@@ -1,7 +1,8 @@
 """`vlbert demo` (what `make demo` runs): the whole pipeline on the built-in synthetic world.
 
 synthetic world -> region features -> tiny pretraining (held-out metrics before and after)
--> VQA fine-tuning -> retrieval fine-tuning. The last line printed is one JSON object with
+-> VQA fine-tuning -> retrieval fine-tuning -> captioning (the pretrained model and an untrained
+one, the same steps, COCO metrics before and after). The last line printed is one JSON object with
 every metric measured. Everything here serves the demo alone (the world's extraction settings,
 each stage's arguments and the metrics it reports); it sits on top of every job it runs.
 """
@@ -11,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -203,6 +205,57 @@ def run_retrieval(args: list[str]) -> dict:
     }
 
 
+# the caption metrics the demo reports (x 100, as papers print them)
+CAPTION_REPORTED = ("cider", "bleu4", "rouge_l")
+
+
+def caption_args(world, features: str, run_dir: Path, init_from: str | None, feature_dim: int = 64,
+                 steps: int = 500) -> list[str]:
+    """`vlbert caption` arguments for the tiny config on a synthetic `World`: its Karpathy file, the
+    pretraining export (or None: from scratch with the tiny sizes), the metrics that need no
+    METEOR start-up (~10 s each time)."""
+    return [
+        "--config", str(config_path("caption/tiny.yaml")),
+        "--data.annotations", str(world.karpathy_json),
+        "--data.features", str(features),
+        "--data.tokenizer", str(world.tokenizer_dir),
+        "--data.num_workers", "0",
+        "--model.model.region_feature_dim", str(feature_dim),
+        "--model.init_from", str(init_from) if init_from else "null",
+        "--model.test_metrics", "[BLEU, ROUGE_L, CIDEr]",
+        "--model.export_dir", str(Path(run_dir) / "export"),
+        *stage_trainer_args(Path(run_dir), steps, validations=2),
+    ]
+
+
+def run_caption(args: list[str]) -> dict:
+    """Test-split caption metrics before and after fine-tuning, and a few test captions."""
+    from vlbert.tasks.caption.cli import CaptionCLI
+    from vlbert.tasks.caption.datamodule import CaptionDataModule
+    from vlbert.tasks.caption.module import CaptionModule
+
+    started = time.time()
+    cli = CaptionCLI(CaptionModule, CaptionDataModule, args=args, run=False, save_config_kwargs={"overwrite": True})
+    before = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+    cli.trainer.fit(cli.model, cli.datamodule)
+    after = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+    split = cli.datamodule.splits["test"]
+    samples = cli.model.eval().caption_batch(next(iter(cli.datamodule.test_dataloader())))[:3]
+
+    def pick(metrics: dict) -> dict:
+        return {k: round(float(metrics[f"test/{k}"]), 2) for k in CAPTION_REPORTED}
+
+    return {
+        "objective": cli.model.model.objective,
+        "test_images": len(split),
+        "before_finetuning": pick(before),
+        "finetuned": pick(after),
+        "samples": [{"caption": caption, "reference": split.references[row][0]} for row, caption in enumerate(samples)],
+        "seconds": round(time.time() - started, 1),
+        "export": str(cli.model.export_dir),
+    }
+
+
 def extract_world(world_dir: str | os.PathLike, output: str | os.PathLike, device: str = "auto",
                   progress: bool = False, overrides: dict[str, Any] | None = None,
                   random_sample: list[str] | None = None) -> ExtractResult:
@@ -233,9 +286,20 @@ def extract_world(world_dir: str | os.PathLike, output: str | os.PathLike, devic
     return extract(world_dir / "images", output, config, boxes_json=boxes_json, progress=progress)
 
 
+# the demo's training runs under --out: each demo run replaces them (training never overwrites a
+# model directory, vlbert.training.preflight); the world and the features are kept and reused
+RUN_DIRS = ("pretrain", "vqa", "vqa_scratch10", "retrieval", "caption", "caption_scratch")
+
+
+def replace_runs(out: Path) -> None:
+    for name in RUN_DIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vlbert demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo_out", help="working directory (default: demo_out)")
+    parser.add_argument("--out", default="demo_out", help="working directory (default: demo_out); the runs of an "
+                        "earlier demo in it are replaced, its world and features reused")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-images", type=int, default=4000,
                         help="images in the world, 94%% for training, 3%% each for validation and test (pretraining needs thousands: on a few hundred "
@@ -252,37 +316,44 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="lightning")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     out = Path(args.out)
+    replace_runs(out)
     results: dict = {"seed": args.seed, "num_images": args.num_images}
     started = time.time()
 
-    print(f"[1/5] synthetic world -> {out / 'world'}", flush=True)
+    print(f"[1/6] synthetic world -> {out / 'world'}", flush=True)
     world = generate_world(out / "world", seed=args.seed, num_images=args.num_images, split_fractions=(0.94, 0.03, 0.03))
 
-    print("[2/5] region features from the world's images (torchvision Faster R-CNN)", flush=True)
+    print("[2/6] region features from the world's images (torchvision Faster R-CNN)", flush=True)
     results["extraction"] = extract_features(world, out / "features.h5", all_images=args.features == "extracted")
     feature_info = training_features(world, results["extraction"], args.features)
     features = feature_info["path"]
     results["features"] = feature_info
     print(f"      learning stages use: {feature_info['source']} ({features})", flush=True)
 
-    print(f"[3/5] tiny pretraining, {args.pretrain_steps} steps on CPU", flush=True)
+    print(f"[3/6] tiny pretraining, {args.pretrain_steps} steps on CPU", flush=True)
     pretraining = run_pretraining(
         pretrain_args(world, features, out / "pretrain", args.pretrain_steps, feature_info["dim"],
                       feature_info["num_classes"], feature_info["detector_classes"])
     )
     results["pretrain"] = pretraining
 
-    print("[4/5] VQA: fine-tune the pretrained encoder; and an untrained one on 10% of the questions", flush=True)
+    print("[4/6] VQA: fine-tune the pretrained encoder; and an untrained one on 10% of the questions", flush=True)
     dim = str(feature_info["dim"])
     results["vqa"] = {
         "pretrained_all_questions": run_vqa(vqa_args(world, features, out / "vqa", pretraining["export"], int(dim))),
         "untrained_10pct_questions": run_vqa(vqa_args(world, features, out / "vqa_scratch10", None, int(dim), 0.1)),
     }
 
-    print("[5/5] retrieval: fine-tune the pretrained encoder with hard negatives", flush=True)
+    print("[5/6] retrieval: fine-tune the pretrained encoder with hard negatives", flush=True)
     results["retrieval"] = run_retrieval(
         retrieval_args(world, features, out / "retrieval", init_from=pretraining["export"], feature_dim=int(dim), steps=400)
     )
+
+    print("[6/6] captioning: fine-tune the pretrained model, and an untrained one for the same steps", flush=True)
+    results["caption"] = {
+        "pretrained": run_caption(caption_args(world, features, out / "caption", pretraining["export"], int(dim))),
+        "from_scratch": run_caption(caption_args(world, features, out / "caption_scratch", None, int(dim))),
+    }
     results["seconds"] = round(time.time() - started, 1)
     from vlbert.tasks.demo_summary import write_summary
 

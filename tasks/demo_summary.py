@@ -5,6 +5,7 @@
     demo_out/pretrain_metrics.png held-out pretraining metrics, untrained vs pretrained
     demo_out/vqa_accuracy.png     VQA accuracy, pretrained vs from scratch on 10% of the questions
     demo_out/retrieval_recall.png recall@1/5/10 both ways, before vs after fine-tuning, chance marked
+    demo_out/caption_scores.png   caption CIDEr / BLEU-4 / ROUGE-L, before and after fine-tuning, pretrained vs scratch
     demo_out/pretrain_curves.png  the pretraining run's curves (`vlbert plot`), when it has logs
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ PRETRAIN_NAMES = {"mlm_acc": "MLM accuracy", "itm_acc": "ITM accuracy", "mrc_kl_
                   "mrfr_loss": "MRFR loss"}
 DIRECTIONS = {"i2t": "image → text", "t2i": "text → image"}
 RECALL_KS = (1, 5, 10)
+CAPTION_NAMES = {"cider": "CIDEr", "bleu4": "BLEU-4", "rouge_l": "ROUGE-L"}
 
 
 def write_summary(results: dict, out_dir: str | Path) -> Path:
@@ -32,6 +34,8 @@ def write_summary(results: dict, out_dir: str | Path) -> Path:
         lines += _vqa_section(results["vqa"], out_dir)
     if "retrieval" in results:
         lines += _retrieval_section(results["retrieval"], out_dir)
+    if "caption" in results:
+        lines += _caption_section(results["caption"], out_dir)
     path = out_dir / "summary.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
@@ -119,6 +123,37 @@ def _retrieval_section(retrieval: dict, out_dir: Path) -> list[str]:
         ax.set_title(f"Retrieval, {title}")
     _save(figure, out_dir / "retrieval_recall.png")
     return lines + ["![retrieval recall before and after fine-tuning, chance dashed](retrieval_recall.png)", ""]
+
+
+def _caption_section(caption: dict, out_dir: Path) -> list[str]:
+    pretrained, scratch = caption.get("pretrained", {}), caption.get("from_scratch", {})
+    names = [n for n in CAPTION_NAMES if n in {**pretrained.get("finetuned", {}), **scratch.get("finetuned", {})}]
+    images = pretrained.get("test_images") or scratch.get("test_images")
+    objective = pretrained.get("objective") or scratch.get("objective")
+    lines = [f"## Captioning: test split ({f'{images} images, ' if images else ''}COCO metrics x 100)", ""]
+    if objective:
+        lines += [f"Objective `{objective}`; both models fine-tuned for the same steps.", ""]
+    columns = {"pretrained, before": pretrained.get("before_finetuning", {}), "pretrained, fine-tuned": pretrained.get("finetuned", {}),
+               "from scratch, before": scratch.get("before_finetuning", {}), "from scratch, fine-tuned": scratch.get("finetuned", {})}
+    lines += _table(["metric", *columns], [[CAPTION_NAMES[n], *(c.get(n) for c in columns.values())] for n in names])
+    samples = pretrained.get("samples") or []
+    if samples:
+        lines += ["Test captions of the fine-tuned pretrained model (first reference in brackets):", ""]
+        lines += [f"- {s['caption']} ({s['reference']})" for s in samples] + [""]
+    if names:
+        figure, axes = _figure(2, (10.0, 3.8))
+        for ax, (title, result) in zip(axes, (("pretrained", pretrained), ("from scratch", scratch))):
+            _bars(ax, [CAPTION_NAMES[n] for n in names],
+                  {"before fine-tuning": [result.get("before_finetuning", {}).get(n) for n in names],
+                   "fine-tuned": [result.get("finetuned", {}).get(n) for n in names]})
+            highest = max([v for r in (pretrained, scratch) for part in ("before_finetuning", "finetuned")
+                           for v in r.get(part, {}).values() if v is not None] + [1])
+            ax.set_ylim(0, highest * 1.15)
+            ax.set_ylabel("score x 100")
+            ax.set_title(f"Captioning, {title}")
+        _save(figure, out_dir / "caption_scores.png")
+        lines += ["![caption metrics before and after fine-tuning, pretrained vs from scratch](caption_scores.png)", ""]
+    return lines
 
 
 def _pretrain_chart(names: list[str], untrained: dict, pretrained: dict, out: Path) -> None:

@@ -5,10 +5,12 @@ __version__ = "0.1.0"
 from vlbert.modeling import (  # noqa: E402
     ModelSettings,
     VLBertConfig,
+    VLBertForCaptioning,
     VLBertForPretraining,
     VLBertForRetrieval,
     VLBertForVQA,
     VLBertModel,
 )
 
-__all__ = ["ModelSettings", "VLBertConfig", "VLBertModel", "VLBertForPretraining", "VLBertForVQA", "VLBertForRetrieval"]
+__all__ = ["ModelSettings", "VLBertConfig", "VLBertModel", "VLBertForPretraining", "VLBertForVQA", "VLBertForRetrieval",
+           "VLBertForCaptioning"]

@@ -123,7 +123,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int | None], str]] = {
     "show-features": (run_show_features, "draw one image's stored regions (boxes, classes, scores) to a picture"),
     "check-features": (run_check_features, "scan a feature store and report every problem (schema, values, boxes, ids)"),
     "pretrain": (run_pretrain, "pretrain the encoder (LightningCLI: fit, validate)"),
-    "export": (run_export, "export a pretrain / vqa / retrieval checkpoint to a model directory"),
+    "export": (run_export, "export a pretrain / vqa / retrieval / caption checkpoint to a model directory"),
     "vqa": (run_vqa, "fine-tune / evaluate / predict VQA (LightningCLI)"),
     "vqa-eval": (run_vqa_eval, "official VQA accuracy of a result file"),
     "answer": (run_answer, "answer a question about one image"),

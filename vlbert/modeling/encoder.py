@@ -133,7 +133,7 @@ class SelfAttention(nn.Module):
         self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, packing: Packing | None = None
     ) -> torch.Tensor:
         """hidden [B, L, H], or [N, H] real tokens with `packing`; attention_mask [B, 1, 1, L] bool
-        (True = key is attended) or None."""
+        (True = key is attended), [B, 1, L, L] bool (per query: captioning's seq2seq mask) or None."""
         qkv = self.qkv(hidden)
         dropout = self.attention_dropout if self.training else 0.0
         if packing is not None and qkv.device.type == "cpu" and packing.attend_per_example(qkv.shape[-1] // 3):
@@ -212,7 +212,8 @@ class Encoder(nn.Module):
     def forward(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """hidden [B, L, H]; attention_mask [B, 1, 1, L] bool or None (nothing padded) -> [B, L, H].
+        """hidden [B, L, H]; attention_mask [B, 1, 1, L] bool, None (nothing padded) or [B, 1, L, L]
+        bool (per query, key; run padded, never packed: every row must attend to some key) -> [B, L, H].
 
         output_attentions: also return every layer's attention probabilities, ([B, heads, L, L],
         ...) first layer first (SelfAttention.attention_probs). They are computed only when asked,

@@ -1,6 +1,6 @@
 """The transformers-native models: the shared base, VLBertModel (the single-stream encoder) and
-VLBertForPretraining (the encoder and every pretraining head). Task models are in vqa.py and
-retrieval.py; all of them save and load with `save_pretrained` / `from_pretrained` and, once
+VLBertForPretraining (the encoder and every pretraining head). Task models are in vqa.py,
+retrieval.py and caption.py; all of them save and load with `save_pretrained` / `from_pretrained` and, once
 `vlbert` is imported, through `AutoModel` and the `AutoModelFor...` classes that fit."""
 from __future__ import annotations
 
@@ -80,8 +80,12 @@ class VLBertModel(VLBertPreTrainedModel):
         region_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         region_masked: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The embedded sequence [B, T + R, H] and the SDPA key mask [B, 1, 1, T + R] (None when nothing is padded)."""
+        """The embedded sequence [B, T + R, H] and the SDPA mask: the key mask [B, 1, 1, T + R] (None
+        when nothing is padded), or, given `attention_mask` [B, T + R, T + R] (query, key), that mask
+        within the real keys as [B, 1, T + R, T + R], each position also attending to itself so that
+        no row (a padded query's included) is empty."""
         if region_features.shape[-1] != self.config.region_feature_dim:
             raise ValueError(
                 f"region features are {region_features.shape[-1]}-d but the model expects "
@@ -93,6 +97,13 @@ class VLBertModel(VLBertPreTrainedModel):
         regions = self.region_embeddings(region_features.to(text.dtype), region_locations, self.text_embeddings, region_masked)
         hidden = torch.cat([text, regions], dim=1)
         mask = torch.cat([text_mask, region_mask], dim=1).bool()
+        if attention_mask is not None:
+            length = mask.shape[1]
+            if attention_mask.shape != (mask.shape[0], length, length):
+                raise ValueError(f"attention_mask is {tuple(attention_mask.shape)}, expected [B, T + R, T + R] = "
+                                 f"{[mask.shape[0], length, length]}")
+            itself = torch.eye(length, dtype=torch.bool, device=mask.device)
+            return hidden, ((attention_mask.bool() & mask[:, None, :]) | itself)[:, None]
         # An all-valid mask is dropped so SDPA may take its fastest unmasked kernel.
         attention_mask = None if bool(mask.all()) else mask[:, None, None, :]
         return hidden, attention_mask
@@ -107,25 +118,35 @@ class VLBertModel(VLBertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         region_masked: torch.Tensor | None = None,
         output_attentions: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> BaseModelOutputWithPooling:
         """input_ids/text_mask [B, T]; region_features [B, R, D]; region_locations [B, R, 7];
         region_mask [B, R]. Masks are True where there is a real token / region; region_masked
-        [B, R] is True where a region is masked for masked-region modelling.
+        [B, R] is True where a region is masked for masked-region modelling. attention_mask
+        [B, T + R, T + R] bool (query, key), optional: which positions each position may attend
+        to besides the paddings' rule (captioning's seq2seq mask); without it every real position
+        attends to every real position.
 
         Returns last_hidden_state [B, T + R, H] (text positions first, then regions; zeros at
         padded positions) and pooler_output [B, H]. With output_attentions, also `attentions`:
         per layer, first to last, the attention probabilities [B, heads, T + R, T + R] (query,
         key; float32, before attention dropout; zero at padded keys and padded queries),
         computed only when asked."""
+        full_mask = attention_mask is not None
         hidden, attention_mask = self.embed(
-            input_ids, text_mask, region_features, region_locations, region_mask, token_type_ids, region_masked
+            input_ids, text_mask, region_features, region_locations, region_mask, token_type_ids, region_masked, attention_mask
         )
+        attentions = None
         if output_attentions:
             sequence_output, attentions = self.encoder(hidden, attention_mask, output_attentions=True)
+        else:
+            sequence_output = self.encoder(hidden, attention_mask)
+        if full_mask:  # the padded path leaves padded positions unzeroed: zero them as the packed path does
+            sequence_output = sequence_output * torch.cat([text_mask, region_mask], dim=1)[..., None].to(sequence_output.dtype)
+        if output_attentions:
             return BaseModelOutputWithPooling(
                 last_hidden_state=sequence_output, pooler_output=self.pooler(sequence_output), attentions=attentions
             )
-        sequence_output = self.encoder(hidden, attention_mask)
         return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=self.pooler(sequence_output))
 
 

@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 from vlbert.errors import InputError
-from vlbert.modeling import VLBertConfig, VLBertForPretraining, VLBertForRetrieval, VLBertForVQA, VLBertPreTrainedModel
+from vlbert.modeling import VLBertConfig, VLBertForCaptioning, VLBertForPretraining, VLBertForRetrieval, VLBertForVQA, VLBertPreTrainedModel
 from vlbert.modeling.vqa import with_answers
 
 JOB_MODELS: dict[str, type[VLBertPreTrainedModel]] = {
     "pretrain": VLBertForPretraining,
     "vqa": VLBertForVQA,
     "retrieval": VLBertForRetrieval,
+    "caption": VLBertForCaptioning,
 }
 MODEL_PREFIX = "model."
 

@@ -1,5 +1,5 @@
 """Model directories: written at the end of fit (a run's export_dir) and by `vlbert export` from
-any checkpoint of `vlbert pretrain`, `vqa` or `retrieval`, the same files either way.
+any checkpoint of `vlbert pretrain`, `vqa`, `retrieval` or `caption`, the same files either way.
 
     vlbert export --checkpoint runs/.../last.ckpt --out models/my-vlbert
 
@@ -71,7 +71,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, tokenize
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vlbert export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="Lightning checkpoint of `vlbert pretrain`, `vlbert vqa` or `vlbert retrieval`")
+    parser.add_argument("--checkpoint", required=True, help="Lightning checkpoint of `vlbert pretrain`, `vqa`, `retrieval` or `caption`")
     parser.add_argument("--out", required=True, help="output model directory")
     parser.add_argument("--tokenizer", help="tokenizer to save with it (default: the one the run used)")
     args = parser.parse_args(argv)
