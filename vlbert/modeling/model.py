@@ -15,6 +15,7 @@ from transformers.utils import ModelOutput
 from vlbert.modeling.config import VLBertConfig
 from vlbert.modeling.embeddings import RegionEmbeddings, TextEmbeddings
 from vlbert.modeling.encoder import Encoder, Pooler
+from vlbert.modeling.optimal_transport import transport_distance, wra_loss
 from vlbert.modeling.heads import ITMHead, MLMHead, RegionClassHead, RegionFeatureHead
 from vlbert.modeling.losses import itm_loss, mlm_loss, mrc_kl_loss, mrc_loss, mrfr_loss
 
@@ -185,7 +186,7 @@ class PretrainingTargets:
 class PretrainingOutput(ModelOutput):
     """loss: the weighted sum of `losses`; accuracies where an objective has one; the logits of
     the targets' rows only (mlm_logits [M, V], region_features [K, D], mrc_logits [K, C],
-    itm_logits [P, 2])."""
+    itm_logits [P, 2]); wra_distances [P]: the word-region transport distance of each ITM pair."""
 
     loss: torch.Tensor | None = None
     losses: dict[str, torch.Tensor] | None = None
@@ -194,13 +195,23 @@ class PretrainingOutput(ModelOutput):
     region_features: torch.Tensor | None = None
     mrc_logits: torch.Tensor | None = None
     itm_logits: torch.Tensor | None = None
+    wra_distances: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     pooler_output: torch.Tensor | None = None
 
 
+def word_positions(text_mask: torch.Tensor) -> torch.Tensor:
+    """The text mask [B, T] without [CLS] (position 0) and the final [SEP]: the words WRA aligns."""
+    words = text_mask.bool().clone()
+    words[:, 0] = False
+    words[torch.arange(len(words), device=words.device), text_mask.long().sum(1).clamp(min=1) - 1] = False
+    return words
+
+
 class VLBertForPretraining(VLBertPreTrainedModel):
     """The encoder with every pretraining head: MLM, MRFR, MRC / MRC-KL (when the config has region
-    classes) and ITM. Heads score only the rows the targets name."""
+    classes) and ITM; WRA (optimal transport between the words and regions of ITM pairs) needs no
+    head. Heads score only the rows the targets name."""
 
     def __init__(self, config: VLBertConfig) -> None:
         super().__init__(config)
@@ -257,6 +268,15 @@ class VLBertForPretraining(VLBertPreTrainedModel):
         if "itm" in wanted and targets.itm_index is not None and targets.itm_index.numel():
             result.itm_logits = self.itm_head(output.pooler_output.index_select(0, targets.itm_index))
             losses["itm"], accuracies["itm"] = itm_loss(result.itm_logits, targets.itm_targets)
+        if "wra" in wanted and targets.itm_index is not None and targets.itm_index.numel():
+            pairs = targets.itm_index
+            hidden = output.last_hidden_state.index_select(0, pairs)
+            text_length = input_ids.shape[1]
+            result.wra_distances = transport_distance(
+                hidden[:, :text_length], hidden[:, text_length:], word_positions(text_mask.index_select(0, pairs)),
+                region_mask.index_select(0, pairs),
+            )
+            losses["wra"] = wra_loss(result.wra_distances, targets.itm_targets)
         result.losses, result.accuracies = losses, accuracies
         if losses:
             result.loss = sum(targets.weights.get(name, 1.0) * loss for name, loss in losses.items())

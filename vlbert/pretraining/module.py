@@ -53,8 +53,10 @@ class PretrainModule(TrainingModule):
         weights = self.objectives.weights()
         task = batch["task"]
         objectives = tuple(t for t in TASKS if weights[t] > 0) if task == "mix" else (task,)
+        companions = self.objectives.companions(objectives)
         summed = train and self.objectives.mixing == "sum"
-        return PretrainingTargets.from_batch(batch, objectives, weights if summed else None)
+        weights = {**(weights if summed else {}), **{name: getattr(self.objectives, name) for name in companions}}
+        return PretrainingTargets.from_batch(batch, objectives + companions, weights)
 
     def forward(self, batch: dict, train: bool = True):
         return self.model(

@@ -8,6 +8,8 @@ from vlbert.errors import InputError
 
 TASKS = ("mlm", "mrfr", "mrc", "mrc_kl", "itm")
 REGION_TASKS = ("mrfr", "mrc", "mrc_kl")
+# objectives computed on another task's examples rather than drawn as a task of their own
+COMPANIONS = {"wra": "itm"}
 
 
 @dataclass
@@ -18,6 +20,9 @@ class Objectives:
     probability proportional to its weight (UNITER); mixing="sum" gives every example one
     role (ITM pair, text-masked or region-masked matched pair), drawn with the weights as
     ratios (the region objectives share the region role), and adds the weighted losses.
+
+    WRA (word-region alignment, UNITER) is computed on the ITM pairs, wherever ITM runs, and added
+    with its weight under either mixing, as UNITER adds 0.1 x its optimal-transport loss to ITM's.
     """
 
     mlm: float = 1.0  # masked language modelling
@@ -25,6 +30,7 @@ class Objectives:
     mrc: float = 0.0  # masked-region classification to the detector's top class
     mrc_kl: float = 1.0  # KL to the detector's class distribution
     itm: float = 1.0  # image-text matching
+    wra: float = 0.0  # word-region alignment by optimal transport, on the ITM pairs (UNITER: 0.1)
     mixing: str = "sample"
     text_mask_prob: float = 0.15
     region_mask_prob: float = 0.15
@@ -37,6 +43,10 @@ class Objectives:
             raise InputError(f"objective weights must be >= 0, got {self.weights()}")
         if not any(self.weights().values()):
             raise InputError("every objective weight is 0: enable at least one of " + ", ".join(TASKS))
+        if self.wra < 0:
+            raise InputError(f"objectives.wra must be >= 0, got {self.wra}")
+        if self.wra > 0 and self.itm <= 0:
+            raise InputError("objectives.wra > 0 aligns the words and regions of ITM pairs: set objectives.itm > 0 too")
         for name in ("text_mask_prob", "region_mask_prob", "itm_negative_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"objectives.{name} must be in [0, 1]")
@@ -46,6 +56,10 @@ class Objectives:
 
     def enabled(self) -> list[str]:
         return [task for task, weight in self.weights().items() if weight > 0]
+
+    def companions(self, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        """The companion objectives (WRA) that run alongside `tasks`."""
+        return tuple(name for name, host in COMPANIONS.items() if getattr(self, name) > 0 and host in tasks)
 
     @property
     def needs_class_labels(self) -> bool:
