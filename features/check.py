@@ -2,8 +2,9 @@
 
 Training refuses a bad record only when it reads it, possibly hours in; this command reads every
 image once (through h5py, so it also sees what the store would refuse) and lists everything at
-once: the file schema, each image's attributes and arrays (shapes and dtypes against the file's
-feature_dim / num_classes), NaN or Inf values, boxes outside the image or inverted, images without
+once: the file schema (with the class / attribute names of version 2), each image's attributes and
+arrays (shapes and dtypes against the file's feature_dim / num_classes, label and attribute ids
+against the names), NaN or Inf values, boxes outside the image or inverted, images without
 regions, image ids stored twice, and ids of an annotation file the store lacks. Links to other
 files and external storage are read correctly and reported as notes.
 
@@ -24,7 +25,8 @@ import h5py
 import numpy as np
 
 from vlbert.errors import InputError
-from vlbert.featstore import SCHEMA, SCHEMA_VERSION, FeatureStoreError, expand_paths, all_finite, open_hdf5
+from vlbert.featstore import (FLOAT_ARRAYS, SCHEMA, SCHEMA_VERSION, FeatureStoreError, all_finite, expand_paths,
+                              names_difference, open_hdf5, read_names)
 
 # Problem kinds, in the order the report lists them; NOTES are reported but are not problems.
 KINDS = ("unreadable", "schema", "shards", "broken", "non-finite", "boxes", "empty", "duplicate", "missing-id")
@@ -105,6 +107,8 @@ class Dims:
     feature_dim: int
     num_classes: int
     dtype: str
+    class_names: list[str] | None = None
+    attribute_names: list[str] | None = None
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -153,7 +157,23 @@ def check_header(f: h5py.File, path: Path, report: Report) -> Dims | None:
         return None
     if feature_dim is None or num_classes is None:
         return None
-    return Dims(feature_dim, num_classes, dtype)
+    class_names, attribute_names = (_checked_names(f, name, path, report) for name in ("class_names", "attribute_names"))
+    if class_names is not None and len(class_names) != num_classes:
+        report.add("schema", f"{path}: {len(class_names)} class_names for num_classes={num_classes}")
+    return Dims(feature_dim, num_classes, dtype, class_names, attribute_names)
+
+
+def _checked_names(f: h5py.File, name: str, path: Path, report: Report) -> list[str] | None:
+    """The file's /class_names or /attribute_names, reporting one that is unreadable or repeats a name."""
+    try:
+        names = read_names(f, name, path)
+    except FeatureStoreError as err:
+        report.add("schema", str(err))
+        return None
+    if names is not None and len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        report.add("schema", f"{path}: /{name} repeats {', '.join(map(repr, repeated[:5]))}")
+    return names
 
 
 def _link_text(group: h5py.Group, name: str) -> str:
@@ -172,6 +192,11 @@ def check_shards(path: Path, dims: Dims, first: tuple[Path, Dims], report: Repor
         if getattr(dims, name) != getattr(first_dims, name):
             report.add("shards", f"{path} has {name}={getattr(dims, name)} but {first_path} has "
                                  f"{getattr(first_dims, name)}: they cannot be read as one store")
+    for name in ("class_names", "attribute_names"):
+        if getattr(dims, name) != getattr(first_dims, name):
+            report.add("shards", f"{path} and {first_path} have different {name} "
+                                 f"({names_difference(getattr(first_dims, name), getattr(dims, name))}): "
+                                 "they come from different detectors")
     if dims.dtype != first_dims.dtype:
         report.add("dtype", f"{path} stores {dims.dtype} features, {first_path} {first_dims.dtype}: readable "
                             "together, but `vlbert merge-features` needs one dtype")
@@ -210,7 +235,8 @@ def check_boxes(where: str, boxes: np.ndarray, width: int, height: int, report: 
 def _expected_shapes(n: int, dims: Dims) -> dict[str, tuple[tuple[int, ...], str]]:
     """name -> (shape, numpy dtype kinds allowed)."""
     return {"features": ((n, dims.feature_dim), "f"), "boxes": ((n, 4), "f"),
-            "class_probs": ((n, dims.num_classes), "f"), "labels": ((n,), "iu")}
+            "class_probs": ((n, dims.num_classes), "f"), "labels": ((n,), "iu"),
+            "scores": ((n,), "f"), "attributes": ((n,), "iu"), "attribute_scores": ((n,), "f")}
 
 
 def _size_attribute(group: h5py.Group, name: str, where: str, report: Report) -> int | None:
@@ -228,7 +254,7 @@ def _size_attribute(group: h5py.Group, name: str, where: str, report: Report) ->
 def check_arrays(group: h5py.Group, where: str, dims: Dims, report: Report) -> dict[str, h5py.Dataset] | None:
     """The image's datasets when their shapes and dtypes fit the file and each other; else None."""
     datasets, ok = {}, True
-    for name in ("features", "boxes", "class_probs", "labels"):
+    for name in _expected_shapes(0, dims):
         if name not in group:
             if name in ("features", "boxes"):
                 report.add("schema", f"{where}: no {name} array")
@@ -246,6 +272,8 @@ def check_arrays(group: h5py.Group, where: str, dims: Dims, report: Report) -> d
         datasets[name] = dataset
     if "features" not in datasets:
         return None
+    if "attribute_scores" in datasets and "attributes" not in datasets:
+        report.add("schema", f"{where}: attribute_scores without attributes")
     n = datasets["features"].shape[0] if datasets["features"].ndim else -1
     for name, dataset in datasets.items():
         shape, kinds = _expected_shapes(n, dims)[name]
@@ -294,10 +322,25 @@ def check_record(group: h5py.Group, where: str, dims: Dims, report: Report) -> N
     if n == 0:
         report.add("empty", f"{where}: no regions (num_boxes 0)")
         return
-    arrays = {name: datasets[name][()] for name in ("features", "boxes", "class_probs") if name in datasets}
+    arrays = {name: datasets[name][()] for name in FLOAT_ARRAYS if name in datasets}
     finite = {name: check_values(where, name, array, report) for name, array in arrays.items()}
     if finite["boxes"] and width and height:
         check_boxes(where, arrays["boxes"], width, height, report)
+    check_ids(where, "labels", datasets.get("labels"), dims.num_classes, 0, "num_classes", report)
+    check_ids(where, "attributes", datasets.get("attributes"), len(dims.attribute_names or ()), -1,
+              "the attribute_names", report)
+
+
+def check_ids(where: str, name: str, dataset: h5py.Dataset | None, count: int, lowest: int, what: str,
+              report: Report) -> None:
+    """Report label / attribute ids outside [lowest, count) of the file (count 0: unknown, unchecked):
+    a classification head indexed by them would fail or learn the wrong class."""
+    if dataset is None or not count:
+        return
+    ids = dataset[()]
+    outside = (ids < lowest) | (ids >= count)
+    if outside.any():
+        report.add("schema", f"{where}: {name} outside [{lowest}, {count}) of {what} in {_rows(outside)}")
 
 
 # ----------------------------------------------------------------------------------------- store

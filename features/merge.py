@@ -1,7 +1,8 @@
 """`vlbert merge-features`: join shard files into one feature file.
 
 Shards must have been made identically (same backend, model, weights and settings: their
-provenance identities must be equal) and must not share image ids. Records are streamed one
+provenance identities must be equal; the same class and attribute names) and must not share image
+ids. Every array of a record (scores and attributes included) and the names are carried over. Records are streamed one
 at a time into ``<output>.tmp``, renamed into place at the end.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Sequence
 
 import h5py
 
-from vlbert.featstore import FeatureStore, FeatureStoreError, FeatureWriter, read_header
+from vlbert.featstore import FeatureStore, FeatureStoreError, FeatureWriter, names_difference, read_header
 from vlbert.features.provenance import ProvenanceMismatch, check_same, identity, run_info
 
 
@@ -42,6 +43,10 @@ def merge_features(inputs: Sequence[str | os.PathLike], output: str | os.PathLik
         for key in ("feature_dim", "num_classes", "dtype"):
             if header[key] != first[key]:
                 raise ProvenanceMismatch(f"{path} has {key}={header[key]} but {paths[0]} has {first[key]}")
+        for key in ("class_names", "attribute_names"):
+            if header[key] != first[key]:
+                raise ProvenanceMismatch(f"{path} and {paths[0]} have different {key} "
+                                         f"({names_difference(first[key], header[key])}); merge shards of one detector")
     seen: dict[str, Path] = {}
     for path in paths:
         for image_id in _image_ids(path):
@@ -53,8 +58,9 @@ def merge_features(inputs: Sequence[str | os.PathLike], output: str | os.PathLik
     provenance = identity(first["provenance"])
     provenance["run"] = run_info(merged_from=[p.name for p in paths],
                                  shard_runs=[h["provenance"].get("run", {}) for h in headers])
-    writer = FeatureWriter(output, first["feature_dim"], first["num_classes"], provenance,
-                           dtype=first["dtype"], overwrite=overwrite)
+    writer = FeatureWriter(output, first["feature_dim"], first["num_classes"], provenance, dtype=first["dtype"],
+                           overwrite=overwrite, class_names=first["class_names"],
+                           attribute_names=first["attribute_names"])
     try:
         for path in paths:
             store = FeatureStore(path)

@@ -9,12 +9,19 @@ files, one image per line, arrays base64-encoded raw little-endian bytes:
 [N, D]). The original bottom-up-attention release has six columns:
 image_id image_w image_h num_boxes boxes features. The column layout is recognised from the
 number of columns, or given with --fields. Detector labels (objects_id) are kept as `labels`
-so region classification can use them; the files carry no full class distribution.
+so region classification can use them, objects_conf as `scores`, attrs_id / attrs_conf as
+`attributes` / `attribute_scores`; the files carry no full class distribution.
+
+The writers of these files used Python's csv module (csv.DictWriter, delimiter '\t'), which
+quotes a field holding a tab, a double quote or a line break (an odd image id); lines are read
+back with the csv module so such ids survive. Other formats: `--format vinvl` (features/vinvl.py)
+and `--format uniter-lmdb` (features/lmdb_import.py).
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import csv
 import os
 import sys
 from dataclasses import dataclass
@@ -23,19 +30,20 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from vlbert.errors import InputError
 from vlbert.featstore import FeatureStoreError, FeatureWriter, RegionRecord
+from vlbert.features.lmdb_import import import_uniter_lmdb
 from vlbert.features.provenance import run_info
+from vlbert.features.published import NOMINAL_SIZE, TsvError, load_image_sizes
+from vlbert.features.vinvl import import_vinvl
 
 FIELDS_10 = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
              "num_boxes", "boxes", "features")
 FIELDS_6 = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 _ALIASES = {"image_id": "img_id", "image_w": "img_w", "image_h": "img_h"}
 VG_OBJECT_CLASSES = 1600
-
-
-class TsvError(InputError):
-    """A TSV line that cannot be read; the message names file and line."""
+FORMATS = ("bottom-up", "vinvl", "uniter-lmdb")
+# A base64 features field of 100 boxes x 2048 float32 is ~1.1 MB, beyond csv's default 128 KiB field limit.
+FIELD_SIZE_LIMIT = 1 << 30
 
 
 @dataclass
@@ -47,6 +55,8 @@ class TsvRecord:
     features: np.ndarray  # [N, D] float32
     objects_id: np.ndarray | None = None  # [N] int64
     objects_conf: np.ndarray | None = None  # [N] float32
+    attrs_id: np.ndarray | None = None  # [N] int64
+    attrs_conf: np.ndarray | None = None  # [N] float32
     line_number: int = 0  # where in its file the record is, for messages
 
 
@@ -86,16 +96,26 @@ def _decode_float(text: str, count: int, width: int | None, where: str, field: s
     return array.reshape(count, -1) if count else array.reshape(0, width or 0)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a text file; a file that is not UTF-8 text is refused with its name."""
-    line_number = 0
+def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number where the row starts, fields) of each non-empty row of a TSV written with
+    csv.DictWriter(delimiter='\t'); a file that is not UTF-8 text, or badly quoted, is refused
+    naming the line."""
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
     with open(path, "r", encoding="utf-8", newline="") as handle:
-        try:
-            for line_number, line in enumerate(handle, 1):
-                yield line_number, line.rstrip("\r\n")
-        except UnicodeDecodeError as err:  # decoded in blocks: the bad byte is at or after this line
-            raise TsvError(f"{path}:{line_number + 1}: not UTF-8 text ({err.reason}); "
-                           "is this a TSV feature file?") from None
+        reader = csv.reader(handle, delimiter="\t", quotechar='"', strict=True)
+        while True:
+            start = reader.line_num + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as err:  # decoded in blocks: the bad byte is at or after this line
+                raise TsvError(f"{path}:{start}: not UTF-8 text ({err.reason}); is this a TSV feature file?") from None
+            except csv.Error as err:
+                raise TsvError(f"{path}:{start}: badly quoted field ({err}); the line is damaged: "
+                               "re-download the file or drop the line") from None
+            if fields:
+                yield start, fields
 
 
 def _sizes(row: dict, where: str) -> tuple[int, int, int]:
@@ -138,17 +158,18 @@ def parse_line(values: Sequence[str], fields: Sequence[str] | None, where: str) 
     features = _decode_float(row["features"], count, None, where, "features")
     return TsvRecord(row["img_id"], width, height, boxes, features,
                      objects_id=_optional(row, "objects_id", np.int64, count, where),
-                     objects_conf=_optional(row, "objects_conf", np.float32, count, where))
+                     objects_conf=_optional(row, "objects_conf", np.float32, count, where),
+                     attrs_id=_optional(row, "attrs_id", np.int64, count, where),
+                     attrs_conf=_optional(row, "attrs_conf", np.float32, count, where))
 
 
 def read_tsv(path: str | os.PathLike, fields: Sequence[str] | None = None) -> Iterator[TsvRecord]:
     """Stream the records of one TSV file (one line at a time: memory stays flat)."""
     path = Path(path)
-    for line_number, line in _lines(path):
-        if line:
-            record = parse_line(line.split("\t"), fields, f"{path}:{line_number}")
-            record.line_number = line_number
-            yield record
+    for line_number, values in _rows(path):
+        record = parse_line(values, fields, f"{path}:{line_number}")
+        record.line_number = line_number
+        yield record
 
 
 def import_tsv(
@@ -174,7 +195,9 @@ def import_tsv(
         "model": model,
         "weights": {"source": "published features"},
         "classes": {"num_classes": num_classes, "background_index": None,
-                    "labels": "objects_id of the TSV" if has_labels else None},
+                    "labels": "objects_id of the TSV" if has_labels else None,
+                    "scores": "objects_conf of the TSV" if first.objects_conf is not None else None,
+                    "attributes": "attrs_id / attrs_conf of the TSV" if first.attrs_id is not None else None},
         "settings": {"fields": list(fields) if fields else "auto", "dtype": dtype},
         "run": run_info(source_files=[p.name for p in inputs]),
     }
@@ -193,7 +216,8 @@ def import_tsv(
                 features = record.features.reshape(-1, feature_dim)
                 try:
                     writer.add(RegionRecord(record.image_id, features, record.boxes, record.image_w, record.image_h,
-                                            labels=labels))
+                                            labels=labels, scores=record.objects_conf, attributes=record.attrs_id,
+                                            attribute_scores=record.attrs_conf))
                 except FeatureStoreError as err:  # NaN values, a repeated id, a size <= 0: same kind, with the line
                     raise type(err)(f"{line}: {err}") from None
     except BaseException:
@@ -206,26 +230,53 @@ def import_tsv(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vlbert import-tsv",
-        description="Convert bottom-up-attention TSV features (COCO / VG releases) into a vlbert feature file.",
+        description="Convert published region features into a vlbert feature file: bottom-up-attention / LXMERT "
+                    "TSV (default), VinVL TSV (--format vinvl) or a UNITER LMDB (--format uniter-lmdb).",
     )
-    parser.add_argument("inputs", nargs="+", help="TSV files")
+    parser.add_argument("inputs", nargs="+", help="TSV files; VinVL: its features TSV; uniter-lmdb: the LMDB folder")
     parser.add_argument("--output", required=True, help="output .h5 file")
+    parser.add_argument("--format", choices=FORMATS, default="bottom-up",
+                        help="bottom-up: 10- or 6-column TSV (LXMERT, VisualBERT, the bottom-up release)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help=f"detector object classes (default {VG_OBJECT_CLASSES} when objects_id is present)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
-    parser.add_argument("--model", default="bottom-up-attention Faster R-CNN (published TSV features)",
-                        help="what produced the features, recorded in provenance")
+    parser.add_argument("--model", default=None, help="what produced the features, recorded in provenance")
     parser.add_argument("--fields", help="comma-separated column names when the layout is not the usual one")
+    parser.add_argument("--predictions", help="vinvl: the predictions.tsv / label.tsv of the features")
+    parser.add_argument("--labelmap", help="vinvl: the detector's labelmap JSON (label_to_idx, attribute_to_idx)")
+    parser.add_argument("--image-sizes", help="vinvl, uniter-lmdb: image sizes, a JSON {id: [w, h]} or VinVL's "
+                                              f"hw.tsv (default: from the predictions, else {NOMINAL_SIZE}x{NOMINAL_SIZE})")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    fields = args.fields.split(",") if args.fields else None
     try:
-        count = import_tsv(args.inputs, args.output, args.num_classes, args.dtype, args.model, fields, args.overwrite)
+        count = _run(args)
     except (TsvError, FeatureStoreError, FileExistsError, OSError) as err:
         print(f"vlbert import-tsv: error: {err}", file=sys.stderr)
         return 2
     print(f"{args.output}: {count} images", file=sys.stderr)
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Dispatch to the importer of args.format, refusing options that do not apply to it."""
+    if args.format != "vinvl" and (args.predictions or args.labelmap):
+        raise TsvError("--predictions and --labelmap are for --format vinvl")
+    if args.format != "bottom-up" and (args.fields or args.num_classes is not None):
+        raise TsvError(f"--fields and --num-classes are for --format bottom-up; {args.format} files say their own")
+    if args.format == "bottom-up" and args.image_sizes:
+        raise TsvError("--image-sizes is for --format vinvl and uniter-lmdb: bottom-up TSVs store the image size")
+    if args.format != "bottom-up" and len(args.inputs) != 1:
+        raise TsvError(f"--format {args.format} reads one input, got {len(args.inputs)}")
+    sizes = load_image_sizes(args.image_sizes) if args.image_sizes else None
+    model = {"model": args.model} if args.model else {}
+    if args.format == "vinvl":
+        return import_vinvl(args.inputs[0], args.output, args.predictions, args.labelmap, sizes, args.dtype,
+                            overwrite=args.overwrite, **model)
+    if args.format == "uniter-lmdb":
+        return import_uniter_lmdb(args.inputs[0], args.output, sizes, args.dtype, overwrite=args.overwrite, **model)
+    fields = args.fields.split(",") if args.fields else None
+    return import_tsv(args.inputs, args.output, args.num_classes, args.dtype,
+                      args.model or "bottom-up-attention Faster R-CNN (published TSV features)", fields, args.overwrite)
 
 
 if __name__ == "__main__":

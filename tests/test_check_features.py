@@ -172,3 +172,57 @@ def test_unusable_input_exits_2(tmp_path, capsys, content):
     else:  # reported with the rest, the good file still checked
         assert lines[0].startswith(f"unreadable: {bad} is not a readable HDF5 file")
         assert lines[-1] == "checked 1 file(s), 1 image(s): 1 problem(s) (unreadable 1)"
+
+
+def scored(image_id: str, n: int = 3) -> RegionRecord:
+    base = record(image_id, n)
+    return RegionRecord(image_id, base.features, base.boxes, 20, 16, base.class_probs, labels=np.arange(n) % CLASSES,
+                        scores=np.full(n, 0.5, np.float32), attributes=np.arange(n) - 1,
+                        attribute_scores=np.full(n, 0.25, np.float32))
+
+
+def write_named(path: Path, records: list[RegionRecord], class_names=("bg", "a", "b")) -> Path:
+    with FeatureWriter(path, DIM, CLASSES, {"backend": "test"}, class_names=class_names,
+                       attribute_names=["x", "y"]) as writer:
+        for r in records:
+            writer.add(r)
+    return path
+
+
+def test_scores_attributes_and_names_are_checked(tmp_path, capsys):
+    first = write_named(tmp_path / "s0.h5", [scored("ok"), scored("nan_scores"), scored("bad_attribute"),
+                                             scored("short_scores"), scored("bad_label")])
+    second = write_named(tmp_path / "s1.h5", [scored("other")], class_names=("bg", "a", "c"))
+    rc, lines = check(capsys, first)
+    assert rc == 0 and lines[-1] == "checked 1 file(s), 5 image(s): no problems", lines
+    with h5py.File(first, "r+") as f:
+        images = f["images"]
+        images["nan_scores"]["attribute_scores"][2] = np.nan
+        images["bad_attribute"]["attributes"][0] = 2  # attribute_names has 2 entries
+        del images["short_scores"]["scores"]
+        images["short_scores"].create_dataset("scores", data=np.zeros(2, np.float32))
+        images["bad_label"]["labels"][1] = CLASSES
+    rc, lines = check(capsys, first, second)
+    assert rc == 1
+    expected = [
+        r"non-finite: .*s0\.h5: image 'nan_scores': attribute_scores hold NaN or Inf in 1 of 3 rows \(row 2\)",
+        r"schema: .*image 'bad_attribute': attributes outside \[-1, 2\) of the attribute_names in 1 of 3 rows \(row 0\)",
+        r"schema: .*image 'short_scores': scores have shape \[2\], expected \[3\]",
+        rf"schema: .*image 'bad_label': labels outside \[0, {CLASSES}\) of num_classes in 1 of 3 rows \(row 1\)",
+        r"shards: .*s1\.h5 and .*s0\.h5 have different class_names \(id 2 is 'b' and 'c'\)",
+    ]
+    for pattern in expected:
+        assert any(re.match(pattern, line) for line in lines), (pattern, lines)
+    assert lines[-1] == "checked 2 file(s), 6 image(s): 5 problem(s) (schema 3, shards 1, non-finite 1)"
+
+
+def test_names_that_do_not_fit_the_file_are_schema_problems(tmp_path, capsys):
+    path = write_named(tmp_path / "f.h5", [scored("a")])
+    with h5py.File(path, "r+") as f:
+        del f["class_names"], f["attribute_names"]
+        f.create_dataset("class_names", data=["bg", "a"], dtype=h5py.string_dtype())
+        f.create_dataset("attribute_names", data=["x", "x"], dtype=h5py.string_dtype())
+    rc, lines = check(capsys, path)
+    assert rc == 1
+    assert any(re.match(rf"schema: .*f\.h5: 2 class_names for num_classes={CLASSES}", line) for line in lines), lines
+    assert any(re.match(r"schema: .*f\.h5: /attribute_names repeats 'x'", line) for line in lines), lines

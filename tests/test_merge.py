@@ -76,3 +76,37 @@ def test_overlapping_shards_are_refused(images, tmp_path):
     copy.write_bytes(a.read_bytes())
     with pytest.raises(FeatureStoreError, match="in both"):
         merge_features([a, copy], tmp_path / "merged.h5")
+
+
+def named_shard(path: Path, ids: list[str], class_names: list[str]) -> Path:
+    """A shard with every optional array and names, written as a detector backend would."""
+    from vlbert.featstore import FeatureWriter, RegionRecord
+
+    rng = np.random.default_rng(len(path.name))
+    with FeatureWriter(path, 4, 3, {"backend": "test"}, "float32", class_names=class_names,
+                       attribute_names=["red", "round"]) as writer:
+        for image_id in ids:
+            n = 3
+            writer.add(RegionRecord(image_id, rng.normal(size=(n, 4)).astype(np.float32),
+                                    np.tile(np.float32([[0, 0, 5, 5]]), (n, 1)), 8, 8,
+                                    class_probs=np.full((n, 3), 1 / 3, np.float16), labels=np.arange(n),
+                                    scores=rng.uniform(size=n).astype(np.float32), attributes=np.array([0, 1, -1]),
+                                    attribute_scores=rng.uniform(size=n).astype(np.float32)))
+    return path
+
+
+def test_merge_carries_scores_attributes_and_names_and_refuses_other_names(tmp_path):
+    names = ["bg", "dog", "cat"]
+    a = named_shard(tmp_path / "a.h5", ["x", "y"], names)
+    b = named_shard(tmp_path / "bb.h5", ["z"], names)
+    merge_features([a, b], tmp_path / "merged.h5")
+    merged = FeatureStore(tmp_path / "merged.h5")
+    assert merged.class_names == names and merged.attribute_names == ["red", "round"]
+    for path in (a, b):
+        shard = FeatureStore(path)
+        for image_id in shard.ids:
+            for name in ("features", "labels", "scores", "attributes", "attribute_scores"):
+                np.testing.assert_array_equal(getattr(merged[image_id], name), getattr(shard[image_id], name))
+    other = named_shard(tmp_path / "c.h5", ["w"], ["bg", "dog", "horse"])
+    with pytest.raises(ProvenanceMismatch, match=r"different class_names \(id 2 is 'cat' and 'horse'\)"):
+        merge_features([a, other], tmp_path / "merged2.h5")

@@ -159,3 +159,50 @@ def test_a_binary_file_is_refused_as_not_utf8_text(tmp_path, capsys):
     assert vlbert(["import-tsv", str(blob), "--output", str(tmp_path / "out.h5")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{blob}:1: not UTF-8 text" in err[0]
+
+
+def write_lxmert_tsv(path: Path, rows: list[dict]) -> Path:
+    """As LXMERT's / bottom-up's extraction scripts wrote them: csv.DictWriter, tab-delimited, base64 arrays."""
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, delimiter="\t", fieldnames=FULL)
+        for row in rows:
+            writer.writerow({name: b64(value) if isinstance(value, np.ndarray) else value for name, value in row.items()})
+    return path
+
+
+def test_lxmert_csv_quoting_and_all_columns_import_array_by_array(tmp_path):
+    rows = make_rows(4, seed=5)
+    rows[1]["img_id"] = 'odd "quoted" id'
+    rows[2]["img_id"] = "tab\tinside"
+    tsv = write_lxmert_tsv(tmp_path / "lxmert.tsv", rows)
+    assert '"odd ""quoted"" id"' in tsv.read_text()  # the csv module did quote these ids
+    assert main([str(tsv), "--output", str(tmp_path / "lxmert.h5"), "--dtype", "float32"]) == 0
+    store = FeatureStore(tmp_path / "lxmert.h5")
+    assert sorted(store.ids) == sorted(row["img_id"] for row in rows)
+    renamed = {"features": "features", "boxes": "boxes", "labels": "objects_id", "scores": "objects_conf",
+               "attributes": "attrs_id", "attribute_scores": "attrs_conf"}
+    for row in rows:
+        record = store[row["img_id"]]
+        for name, column in renamed.items():
+            stored = getattr(record, name)
+            assert stored.dtype == row[column].dtype and stored.tobytes() == row[column].tobytes(), name
+        assert (record.image_w, record.image_h) == (row["img_w"], row["img_h"])
+
+
+def test_a_badly_quoted_line_is_refused_naming_its_line(tmp_path):
+    tsv = write_lxmert_tsv(tmp_path / "q.tsv", make_rows(3))
+    lines = tsv.read_text().splitlines()
+    lines[2] = 'x"y' + '\t"unterminated' + lines[2][lines[2].index("\t", 20):]
+    tsv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TsvError, match=r"q\.tsv:3: badly quoted field"):
+        import_tsv([tsv], tmp_path / "q.h5")
+
+
+def test_options_of_other_formats_are_refused(tmp_path, capsys):
+    tsv = write_tsv(tmp_path / "a.tsv", make_rows(1), FULL)
+    assert main([str(tsv), "--output", str(tmp_path / "a.h5"), "--predictions", "p.tsv"]) == 2
+    assert "--predictions and --labelmap are for --format vinvl" in capsys.readouterr().err
+    assert main([str(tsv), "--output", str(tmp_path / "a.h5"), "--image-sizes", "hw.tsv"]) == 2
+    assert "bottom-up TSVs store the image size" in capsys.readouterr().err

@@ -1,16 +1,28 @@
 """The region-feature store: the one HDF5 layout that extraction writes and training reads.
 
-Layout (schema version 1)::
+Layout (schema version 2)::
 
-    /                       attrs: schema="vlbert-regions", schema_version=1,
+    /                       attrs: schema="vlbert-regions", schema_version=2,
                                    feature_dim=D, num_classes=C (0: no class data),
                                    provenance=<JSON string: backend, model, weights, settings, ...>
+    /class_names            [C]     UTF-8 strings, optional: the name of each class id
+    /attribute_names        [A]     UTF-8 strings, optional: the name of each attribute id
     /images/<key>           one group per image, key = escaped image id (see `image_key`)
         features            [N, D]  float16 or float32, the detector's box-head representation
         boxes               [N, 4]  float32, absolute pixels, x1 y1 x2 y2
         class_probs         [N, C]  float16, optional: the detector's class distribution
         labels              [N]     int64, optional: the detector's top class per box
+        scores              [N]     float32, optional: the detector's confidence per box
+        attributes          [N]     int64, optional: the top attribute id per box (-1: none)
+        attribute_scores    [N]     float32, optional: that attribute's score (needs attributes)
         attrs: image_id (original id), image_w, image_h, num_boxes
+
+Version 2 added the names and the three per-box arrays, all optional: a version 1 file is a
+valid version 2 file without them, and reads as one. The names are small datasets rather than
+attributes because an HDF5 attribute lives in its object header, which is limited to 64 KiB:
+a list of 21k ImageNet class names would not fit. `class_names` has exactly `num_classes`
+entries (the background class included where the detector has one); `attribute_names` gives
+the range of `attributes`.
 
 Each image's arrays are stored contiguously, so a random read by image id is one seek
 per array. A file is always written to ``<path>.tmp`` and renamed into place on close,
@@ -26,8 +38,8 @@ compressed, compact, external storage) or that are reached through a link other 
 (an external link's offsets lie in another file; a soft link may too) are always read through
 h5py. The file format is unchanged.
 
-Every read refuses a record holding NaN or Inf (features, boxes, class distributions), naming the
-image and the file: such values would otherwise train to a NaN loss. `vlbert check-features`
+Every read refuses a record holding NaN or Inf (features, boxes, class distributions, scores),
+naming the image and the file: such values would otherwise train to a NaN loss. `vlbert check-features`
 lists every problem of a store.
 """
 from __future__ import annotations
@@ -46,7 +58,7 @@ import numpy as np
 from vlbert.errors import InputError
 
 SCHEMA = "vlbert-regions"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class FeatureStoreError(InputError):
@@ -67,8 +79,11 @@ class RegionRecord:
     boxes: np.ndarray
     image_w: int
     image_h: int
-    class_probs: np.ndarray | None = None
-    labels: np.ndarray | None = None
+    class_probs: np.ndarray | None = None  # [N, C]
+    labels: np.ndarray | None = None  # [N] int64, top class
+    scores: np.ndarray | None = None  # [N] float32, detector confidence
+    attributes: np.ndarray | None = None  # [N] int64, top attribute id, -1: none
+    attribute_scores: np.ndarray | None = None  # [N] float32
 
     @property
     def num_boxes(self) -> int:
@@ -106,8 +121,15 @@ def all_finite(array: np.ndarray) -> bool:
     return bool(array.view(signed).max() < exponent and array.view(unsigned).max() < (sign | exponent))
 
 
-def validate_record(record: RegionRecord, feature_dim: int, num_classes: int) -> None:
-    """Raise FeatureStoreError when a record's arrays disagree with each other or with the file."""
+# Float arrays of a record whose values must be finite, checked on every write and read.
+FLOAT_ARRAYS = ("features", "boxes", "class_probs", "scores", "attribute_scores")
+# Optional per-box arrays [N] and the numpy kinds each may have.
+PER_BOX = {"labels": "iu", "scores": "f", "attributes": "iu", "attribute_scores": "f"}
+
+
+def validate_record(record: RegionRecord, feature_dim: int, num_classes: int, num_attributes: int = 0) -> None:
+    """Raise FeatureStoreError when a record's arrays disagree with each other or with the file
+    (`num_attributes`: the length of the file's attribute_names, 0 when it has none)."""
     n = record.features.shape[0]
     where = f"image {record.image_id!r}"
     if record.features.ndim != 2 or record.features.shape[1] != feature_dim:
@@ -120,18 +142,54 @@ def validate_record(record: RegionRecord, feature_dim: int, num_classes: int) ->
         raise FeatureStoreError(
             f"{where}: class_probs have shape {record.class_probs.shape}, expected [{n}, {num_classes}]"
         )
-    if record.labels is not None and record.labels.shape != (n,):
-        raise FeatureStoreError(f"{where}: labels have shape {record.labels.shape}, expected [{n}]")
-    for name in ("features", "boxes", "class_probs"):
+    for name, kinds in PER_BOX.items():
+        array = getattr(record, name)
+        if array is None:
+            continue
+        if np.shape(array) != (n,):
+            raise FeatureStoreError(f"{where}: {name} have shape {np.shape(array)}, expected [{n}]")
+        if np.asarray(array).dtype.kind not in kinds:
+            raise FeatureStoreError(f"{where}: {name} have dtype {np.asarray(array).dtype}, expected "
+                                    f"{'integers' if kinds == 'iu' else 'floats'}")
+    if record.attribute_scores is not None and record.attributes is None:
+        raise FeatureStoreError(f"{where}: attribute_scores without attributes; give both or neither")
+    if record.attributes is not None and n and num_attributes:
+        low, high = int(np.min(record.attributes)), int(np.max(record.attributes))
+        if low < -1 or high >= num_attributes:
+            raise FeatureStoreError(f"{where}: attribute ids span [{low}, {high}], outside [-1, {num_attributes}) "
+                                    "of the file's attribute_names")
+    for name in FLOAT_ARRAYS:
         array = getattr(record, name)
         if array is not None and not all_finite(np.asarray(array)):
             raise FeatureStoreError(f"{where}: {name} contain NaN or Inf")
 
 
+def _names(names: Sequence[str] | None, what: str, expected: int | None) -> list[str] | None:
+    """A file's class or attribute names as a list of str, checked: strings, none repeated
+    (a name must map back to one id), and `expected` of them when that is given."""
+    if names is None:
+        return None
+    names = list(names)
+    if not all(isinstance(name, str) for name in names):
+        raise FeatureStoreError(f"{what} must be strings")
+    if expected is not None and len(names) != expected:
+        raise FeatureStoreError(f"{len(names)} {what} for num_classes={expected}; give one name per class id "
+                                "(the background class included)")
+    repeated = sorted({name for name in names if names.count(name) > 1}) if len(set(names)) != len(names) else []
+    if repeated:
+        raise FeatureStoreError(f"{what} repeat {', '.join(map(repr, repeated[:5]))}; each name must be given once")
+    return names
+
+
+_PER_BOX_DTYPES = {"labels": np.int64, "scores": np.float32, "attributes": np.int64, "attribute_scores": np.float32}
+
+
 class FeatureWriter:
     """Write a feature file atomically: records go to ``<path>.tmp``, renamed to ``path`` on close.
 
-    An existing ``path`` is never overwritten unless ``overwrite=True``.
+    An existing ``path`` is never overwritten unless ``overwrite=True``. ``class_names`` (one per
+    class id, ``num_classes`` of them) and ``attribute_names`` name the ids of ``labels`` /
+    ``class_probs`` columns and of ``attributes``.
     """
 
     def __init__(
@@ -142,9 +200,14 @@ class FeatureWriter:
         provenance: dict | None = None,
         dtype: str = "float16",
         overwrite: bool = False,
+        class_names: Sequence[str] | None = None,
+        attribute_names: Sequence[str] | None = None,
     ) -> None:
         if dtype not in ("float16", "float32"):
             raise FeatureStoreError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+        self.class_names = _names(class_names, "class_names", int(num_classes))
+        self.attribute_names = _names(attribute_names, "attribute_names", None)
+        self.num_attributes = len(self.attribute_names or ())
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} exists; choose another output or pass overwrite=True")
@@ -160,11 +223,14 @@ class FeatureWriter:
         self._file.attrs["num_classes"] = self.num_classes
         self._file.attrs["dtype"] = dtype
         self._file.attrs["provenance"] = json.dumps(provenance or {}, sort_keys=True)
+        for name, names in (("class_names", self.class_names), ("attribute_names", self.attribute_names)):
+            if names is not None:
+                self._file.create_dataset(name, data=names, dtype=h5py.string_dtype("utf-8"))
         self._images = self._file.create_group("images")
         self.count = 0
 
     def add(self, record: RegionRecord) -> None:
-        validate_record(record, self.feature_dim, self.num_classes)
+        validate_record(record, self.feature_dim, self.num_classes, self.num_attributes)
         key = image_key(record.image_id)
         if key in self._images:
             raise FeatureStoreError(f"image {record.image_id!r} was already written to {self.path}")
@@ -173,8 +239,9 @@ class FeatureWriter:
         group.create_dataset("boxes", data=np.asarray(record.boxes, dtype=np.float32))
         if record.class_probs is not None:
             group.create_dataset("class_probs", data=np.asarray(record.class_probs, dtype=np.float16))
-        if record.labels is not None:
-            group.create_dataset("labels", data=np.asarray(record.labels, dtype=np.int64))
+        for name, dtype in _PER_BOX_DTYPES.items():
+            if getattr(record, name) is not None:
+                group.create_dataset(name, data=np.asarray(getattr(record, name), dtype=dtype))
         group.attrs["image_id"] = str(record.image_id)
         group.attrs["image_w"] = int(record.image_w)
         group.attrs["image_h"] = int(record.image_h)
@@ -294,7 +361,30 @@ def _header(f: h5py.File, path: str | os.PathLike) -> dict:
         "num_classes": num_classes,
         "dtype": str(attrs.get("dtype", "float32")),
         "provenance": provenance,
+        "class_names": read_names(f, "class_names", path),
+        "attribute_names": read_names(f, "attribute_names", path),
     }
+
+
+def read_names(f: h5py.File, name: str, path: str | os.PathLike) -> list[str] | None:
+    """A file's /class_names or /attribute_names as a list of str; None when absent (version 1
+    files, stores without names). One that is not a 1-D array of strings is refused."""
+    if name not in f:
+        return None
+    dataset = f[name]
+    if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 1 or h5py.check_string_dtype(dataset.dtype) is None:
+        raise FeatureStoreError(f"{path}: /{name} is not a 1-D array of strings; rewrite it or delete it")
+    return [str(value) for value in dataset.asstr()[()]]
+
+
+def names_difference(first: list[str] | None, other: list[str] | None) -> str:
+    """Where two name lists first differ, for a message."""
+    if first is None or other is None:
+        return "one has none"
+    if len(first) != len(other):
+        return f"{len(first)} and {len(other)} names"
+    index = next(i for i, (a, b) in enumerate(zip(first, other)) if a != b)
+    return f"id {index} is {first[index]!r} and {other[index]!r}"
 
 
 def _stored_ids(images: h5py.Group, path: str | os.PathLike) -> Iterator[tuple[str, str]]:
@@ -312,17 +402,18 @@ def _stored_ids(images: h5py.Group, path: str | os.PathLike) -> Iterator[tuple[s
         yield key, str(image_id)
 
 
-# A record's arrays, in the order of the per-image layout columns, and the dtypes read as raw bytes.
-_ARRAYS = ("features", "boxes", "class_probs", "labels")
+# A record's arrays, in the order of the per-image layout columns (that of RegionRecord's fields after
+# image_w / image_h), and the dtypes read as raw bytes.
+_ARRAYS = ("features", "boxes", "class_probs", "labels", "scores", "attributes", "attribute_scores")
 _RAW_DTYPES = tuple(np.dtype(t) for t in ("<f2", "<f4", "<f8", "<i8", "<i4"))
 _RAW_READS = hasattr(os, "preadv") and sys.byteorder == "little"
 
 
 def _layout_arrays(count: int) -> tuple[np.ndarray, ...]:
     """Where each image's arrays lie, one row per image, filled on the image's first read:
-    offsets [count, 4] int64, byte offset of features, boxes, class_probs, labels;
+    offsets [count, 7] int64, byte offset of each array of _ARRAYS;
     sizes [count, 3] int64, num_boxes, image_w, image_h;
-    codes [count, 4] int8, dtype of each array (index into _RAW_DTYPES), -2 absent;
+    codes [count, 7] int8, dtype of each array (index into _RAW_DTYPES), -2 absent;
     state [count] int8, how the image is read: 0 not known yet, 1 raw reads, 2 h5py.
     Every field starts at a value it never takes once filled (-1, 0, -1, 0). The arrays live in
     one anonymous shared mapping, so DataLoader workers forked from this process share what any
@@ -366,9 +457,17 @@ class FeatureStore:
                         f"{p} has {field}={h[field]} but {self.paths[0]} has {first[field]}; "
                         "shards of one store must come from the same extraction settings"
                     )
+            for field in ("class_names", "attribute_names"):
+                if h[field] != first[field]:
+                    raise FeatureStoreError(
+                        f"{p} and {self.paths[0]} have different {field} ({names_difference(first[field], h[field])}); "
+                        "shards of one store must come from the same detector: re-extract or re-import one of them"
+                    )
         self.feature_dim: int = first["feature_dim"]
         self.num_classes: int = first["num_classes"]
         self.provenance: dict = first["provenance"]
+        self.class_names: list[str] | None = first["class_names"]
+        self.attribute_names: list[str] | None = first["attribute_names"]
         self._location: dict[str, tuple[int, str, int]] = {}  # image id -> (file index, group key, row)
         for file_index, p in enumerate(self.paths):
             with open_hdf5(p) as f:
@@ -377,6 +476,8 @@ class FeatureStore:
                         self._refuse_duplicate(image_id, file_index, key)
                     self._location[image_id] = (file_index, key, len(self._location))
         self._offsets, self._sizes, self._codes, self._state = _layout_arrays(len(self._location))
+        # each array's shape after its first dimension (num_boxes), in the order of _ARRAYS
+        self._trailing = ((self.feature_dim,), (4,), (self.num_classes,), (), (), (), ())
         self._raw_ok: dict[int, bool] = {}  # per file: did a raw read match h5py's read of the same record
         self._handles: dict[int, h5py.File] = {}
         self._groups: dict[int, h5py.Group] = {}
@@ -448,8 +549,8 @@ class FeatureStore:
             ) from None
 
     def __getitem__(self, image_id: str | int) -> RegionRecord:
-        """One image's record, arrays as stored (features float16 or float32, boxes float32, class
-        distributions float16). The arrays are new on every call: the caller may modify them."""
+        """One image's record, arrays as stored (features float16 or float32, boxes, scores and
+        attribute scores float32, class distributions float16, labels and attributes int64). The arrays are new on every call: the caller may modify them."""
         image_id = str(image_id)
         file_index, key, row = self._where(image_id)
         layout = self._layout(image_id, file_index, key, row)
@@ -479,8 +580,7 @@ class FeatureStore:
                 boxes=group["boxes"][()],
                 image_w=int(group.attrs["image_w"]),
                 image_h=int(group.attrs["image_h"]),
-                class_probs=group["class_probs"][()] if "class_probs" in group else None,
-                labels=group["labels"][()] if "labels" in group else None,
+                **{name: group[name][()] if name in group else None for name in _ARRAYS[2:]},
             )
         except (KeyError, OSError) as err:  # an array or attribute missing, a linked file gone
             path = self.paths[file_index]
@@ -491,7 +591,7 @@ class FeatureStore:
 
     def _finite(self, record: RegionRecord, file_index: int) -> RegionRecord:
         """The record, or a FeatureStoreError when it holds NaN or Inf, which would train to a NaN loss."""
-        for name in ("features", "boxes", "class_probs"):
+        for name in FLOAT_ARRAYS:
             array = getattr(record, name)
             if array is not None and not all_finite(array):
                 path = self.paths[file_index]
@@ -516,8 +616,8 @@ class FeatureStore:
             self._raw_ok[file_index] = (raw.image_w, raw.image_h) == (record.image_w, record.image_h) and all(
                 (a is None and b is None) or (a is not None and b is not None and a.dtype == b.dtype and a.tobytes() == b.tobytes())
                 for a, b in zip(
-                    (raw.features, raw.boxes, raw.class_probs, raw.labels),
-                    (record.features, record.boxes, record.class_probs, record.labels),
+                    (getattr(raw, name) for name in _ARRAYS),
+                    (getattr(record, name) for name in _ARRAYS),
                 )
             )
             if not self._raw_ok[file_index]:
@@ -549,7 +649,7 @@ class FeatureStore:
                 return None
             offset, dtype, shape = dataset.get_offset(), dataset.dtype, dataset.shape  # offset: None unless contiguous, unfiltered, allocated
             n = shape[0] if n is None else n
-            expected = ((n, self.feature_dim), (n, 4), (n, self.num_classes), (n,))[column]
+            expected = (n, *self._trailing[column])
             if offset is None or dtype not in _RAW_DTYPES or shape != expected or n <= 0:
                 return None
             offsets.append(offset)
@@ -591,7 +691,7 @@ class FeatureStore:
         fd = self._fd(file_index)
         offsets, codes, (n, image_w, image_h) = layout
         arrays = []
-        for offset, code, trailing in zip(offsets, codes, ((self.feature_dim,), (4,), (self.num_classes,), ())):
+        for offset, code, trailing in zip(offsets, codes, self._trailing):
             if code < 0:
                 arrays.append(None)
                 continue
@@ -601,7 +701,7 @@ class FeatureStore:
                     f"short read of image {image_id!r} from {self.paths[file_index]}: was the file changed while in use?"
                 )
             arrays.append(out)
-        record = RegionRecord(image_id, arrays[0], arrays[1], image_w, image_h, arrays[2], arrays[3])
+        record = RegionRecord(image_id, arrays[0], arrays[1], image_w, image_h, *arrays[2:])
         return self._finite(record, file_index) if finite else record
 
     def num_boxes(self, image_id: str | int) -> int:
