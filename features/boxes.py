@@ -9,6 +9,12 @@ among the classes in which it survived NMS (0 if it survived in none). Then eith
 * fixed: keep exactly the ``num_boxes`` most confident proposals (fewer only when the
   detector proposed fewer).
 
+When fewer than ``min_boxes`` (or ``num_boxes``) proposals survive NMS in some class, the rest
+are filled with the top-scoring other proposals, as bottom-up-attention does (if fewer than
+MIN_BOXES pass the threshold, it takes the top MIN_BOXES by confidence): proposals suppressed in
+every class have confidence 0, and among them the higher best class score (before NMS) comes
+first, so the fill is the proposals the classifier rates highest, not the RPN's order.
+
 The kept proposals come back most confident first. The stored box is the proposal on
 which the feature was pooled, so box and feature always describe the same region.
 """
@@ -61,9 +67,20 @@ def per_class_nms_confidence(boxes: torch.Tensor, scores: torch.Tensor, iou: flo
     return confidence.scatter_reduce(0, proposal, flat_scores[keep], reduce="amax", include_self=True)
 
 
-def select_from_confidence(confidence: torch.Tensor, selection: BoxSelection) -> torch.Tensor:
-    """Indices of kept proposals, most confident first. confidence [K] -> [N] int64."""
-    order = torch.sort(confidence, descending=True, stable=True).indices
+def ranking(confidence: torch.Tensor, tie_break: torch.Tensor | None = None) -> torch.Tensor:
+    """Proposal indices by confidence [K], highest first; equal confidences (the zeros of proposals
+    suppressed everywhere) ordered by `tie_break` [K] (higher first), then by index."""
+    if tie_break is None:
+        return torch.sort(confidence, descending=True, stable=True).indices
+    order = torch.sort(tie_break, descending=True, stable=True).indices
+    return order[torch.sort(confidence[order], descending=True, stable=True).indices]
+
+
+def select_from_confidence(confidence: torch.Tensor, selection: BoxSelection,
+                           tie_break: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of kept proposals, most confident first. confidence [K] (tie_break [K], see
+    `ranking`) -> [N] int64; N < min_boxes only when K < min_boxes."""
+    order = ranking(confidence, tie_break)
     if selection.num_boxes is not None:
         return order[: selection.num_boxes]
     above = int((confidence >= selection.score_threshold).sum())
@@ -78,4 +95,5 @@ def select_boxes(boxes: torch.Tensor, scores: torch.Tensor, selection: BoxSelect
     if scores.ndim != 2 or scores.shape[0] != boxes.shape[0]:
         raise ValueError(f"scores must be [K, C] with K={boxes.shape[0]}, got {tuple(scores.shape)}")
     confidence = per_class_nms_confidence(boxes, scores, selection.nms_iou)
-    return select_from_confidence(confidence, selection)
+    best_score = scores.max(-1).values if scores.shape[1] else None  # fills up to min_boxes
+    return select_from_confidence(confidence, selection, best_score)

@@ -21,8 +21,14 @@ from jsonargparse import ArgumentParser, Namespace
 from vlbert.errors import InputError
 from vlbert.features.boxes import BoxSelection
 
-BACKENDS = ("torchvision", "detectron2")
+BACKENDS = ("torchvision", "detectron2", "patches", "grid")
+DETECTORS = ("torchvision", "detectron2")  # the backends that choose boxes (and pool given ones)
 TORCHVISION_MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
+# grid: torchvision's ResNet family, whose last stage (layer4) is the C5 map
+GRID_MODELS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
+    "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+)
 DTYPES = ("float16", "float32")
 
 # Fields that change what is written; everything else (batch size, workers, device) only changes speed.
@@ -31,6 +37,11 @@ OUTPUT_FIELDS = (
     "backend", "model", "detectron2_setup", "detectron2_opts", "min_size", "max_size", "proposals",
     "score_threshold", "nms_iou", "min_boxes", "max_boxes", "num_boxes", "dtype", "class_probs",
 )
+# The patch and grid backends choose no boxes: their output depends on these fields instead.
+REGION_FREE_OUTPUT_FIELDS = {
+    "patches": ("backend", "model", "min_size", "max_size", "dtype", "layer", "cls_token"),
+    "grid": ("backend", "model", "min_size", "max_size", "dtype", "grid_size"),
+}
 
 
 class ConfigError(InputError):
@@ -42,16 +53,31 @@ class ExtractConfig:
     """Extraction settings: keys of a --config file (configs/extract/*.yaml), each also a flag.
 
     Attributes:
-        backend: Detector implementation: torchvision or detectron2.
-        model: torchvision detector: fasterrcnn_resnet50_fpn or fasterrcnn_resnet50_fpn_v2.
-        weights: default (the backend's published weights, downloaded by torchvision on first use),
-            a local weights file, or none (random weights: tests only).
+        backend: torchvision or detectron2 (detectors: boxes chosen, or given with --boxes), patches
+            (a transformers vision model's patch tokens) or grid (a torchvision CNN's C5 map pooled to
+            grid_size x grid_size cells).
+        model: torchvision: fasterrcnn_resnet50_fpn or fasterrcnn_resnet50_fpn_v2; patches: a
+            transformers model directory or hub name (ViT, DINOv2, CLIP / SigLIP or their vision
+            towers); grid: a torchvision ResNet (resnet50, resnet101, resnext101_32x8d, ...).
+        weights: default (the backend's published weights, downloaded by torchvision on first use;
+            patches: the weights of the model directory), a torchvision weights name (e.g.
+            IMAGENET1K_V1), a local weights file, or none (random weights: tests only).
         seed: Initialises random weights (weights: none) identically in every process.
         detectron2_config: detectron2 backend only: its config .yaml file.
         detectron2_setup: detectron2 backend only: modules to import, or "module:function" to call
             with the cfg, before the config is read.
         detectron2_opts: detectron2 backend only: config overrides, e.g. [MODEL.RPN.NMS_THRESH, 0.7].
-        min_size: Shorter image side after resizing, in pixels.
+        class_names_file: detectron2 backend only: the foreground class names, one per line, in class
+            id order (the first of comma-separated synonyms is used), e.g. the VG objects vocabulary.
+        attribute_names_file: detectron2 backend only: the attribute names, one per line, in id order.
+        layer: patches backend only: which hidden state, as an index into the model's hidden states
+            (0: the patch embeddings, -1: the last block, -2: the penultimate, as CLIP-ViL / LLaVA
+            use); null: the model's output (after its final norm, where it has one).
+        cls_token: patches backend only: also store the CLS token, as the first region, boxed by the
+            whole image.
+        grid_size: grid backend only: the C5 map is average-pooled to grid_size x grid_size cells.
+        min_size: Shorter image side after resizing, in pixels (patches: images are decoded at least
+            this large, then resized to the model's input size).
         max_size: Longest image side after resizing, in pixels (at least min_size).
         proposals: RPN proposals per image that become candidate regions.
         score_threshold: Adaptive selection: keep regions whose best class score is at least this.
@@ -76,6 +102,11 @@ class ExtractConfig:
     detectron2_config: Optional[str] = None
     detectron2_setup: list[str] = field(default_factory=list)
     detectron2_opts: list[Union[str, bool, int, float]] = field(default_factory=list)
+    class_names_file: Optional[str] = None
+    attribute_names_file: Optional[str] = None
+    layer: Optional[int] = None
+    cls_token: bool = False
+    grid_size: int = 7
     min_size: int = 800
     max_size: int = 1333
     proposals: int = 300
@@ -102,6 +133,13 @@ class ExtractConfig:
             raise ConfigError(f"model: {self.model!r} is not a torchvision model here; use one of {TORCHVISION_MODELS}")
         if self.backend == "detectron2" and not self.detectron2_config:
             raise ConfigError("backend: detectron2 needs detectron2_config: <path to a detectron2 config .yaml>")
+        if self.backend == "patches" and self.model in TORCHVISION_MODELS:
+            raise ConfigError("backend: patches needs model: <a transformers model directory or hub name>, "
+                              "e.g. openai/clip-vit-base-patch32")
+        if self.backend == "grid" and self.model not in GRID_MODELS:
+            raise ConfigError(f"model: {self.model!r} is not a grid model; use one of {GRID_MODELS}")
+        if self.grid_size < 1:
+            raise ConfigError(f"grid_size: must be >= 1, got {self.grid_size}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype: {self.dtype!r} is not one of {DTYPES}")
         for name in ("min_size", "max_size", "proposals", "batch_size", "flush_every", "max_image_pixels"):
@@ -133,9 +171,14 @@ class ExtractConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def detector(self) -> bool:
+        """True for the backends that choose boxes (torchvision, detectron2)."""
+        return self.backend in DETECTORS
+
     def output_settings(self) -> dict[str, Any]:
         """The fields that decide the file's content (recorded in, and compared through, provenance)."""
-        return {name: getattr(self, name) for name in OUTPUT_FIELDS}
+        return {name: getattr(self, name) for name in REGION_FREE_OUTPUT_FIELDS.get(self.backend, OUTPUT_FIELDS)}
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(ExtractConfig))

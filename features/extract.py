@@ -202,7 +202,8 @@ def _merge_into_output(output: Path, parts: list[Path], provenance: dict) -> int
     sources = ([output] if output.exists() else []) + parts
     header = read_header(parts[0])
     writer = FeatureWriter(output, header["feature_dim"], header["num_classes"], provenance,
-                           dtype=header["dtype"], overwrite=True)
+                           dtype=header["dtype"], overwrite=True, class_names=header["class_names"],
+                           attribute_names=header["attribute_names"])
     written: set[str] = set()
     try:
         for source in sources:
@@ -260,12 +261,14 @@ def _infer(backend, images: list[DecodedImage], boxes: list[np.ndarray] | None, 
 
 
 class _PartWriter:
-    """Writes records into successive part files of about `flush_every` images each."""
+    """Writes records into successive part files of about `flush_every` images each; `names`: the
+    FeatureWriter's class_names / attribute_names."""
 
     def __init__(self, parts_dir: Path, feature_dim: int, num_classes: int, provenance: dict,
-                 dtype: str, flush_every: int) -> None:
+                 dtype: str, flush_every: int, names: dict[str, list[str] | None] | None = None) -> None:
         self.parts_dir = parts_dir
         self.args = (feature_dim, num_classes, provenance, dtype)
+        self.names = names or {}
         self.flush_every = flush_every
         self.run = uuid.uuid4().hex[:8]
         self.sequence = 0
@@ -275,7 +278,7 @@ class _PartWriter:
         if self.writer is None:
             path = self.parts_dir / f"part-{self.run}-{self.sequence:06d}.h5"
             self.sequence += 1
-            self.writer = FeatureWriter(path, *self.args[:3], dtype=self.args[3])
+            self.writer = FeatureWriter(path, *self.args[:3], dtype=self.args[3], **self.names)
         self.writer.add(record)
 
     def end_of_batch(self) -> None:
@@ -287,6 +290,12 @@ class _PartWriter:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def _record(item: DecodedImage, regions) -> RegionRecord:
+    return RegionRecord(item.image_id, regions.features, regions.boxes, item.width, item.height,
+                        class_probs=regions.class_probs, labels=regions.labels, scores=regions.scores,
+                        attributes=regions.attributes, attribute_scores=regions.attribute_scores)
 
 
 def _extract_todo(todo: list[tuple[str, Path]], given: dict[str, np.ndarray] | None, config: ExtractConfig,
@@ -303,8 +312,10 @@ def _extract_todo(todo: list[tuple[str, Path]], given: dict[str, np.ndarray] | N
         collate_fn=collate_decoded, pin_memory=device.type == "cuda",
         prefetch_factor=2 if config.num_workers > 0 else None,
     )
+    names = {"class_names": getattr(backend, "class_names", None),
+             "attribute_names": getattr(backend, "attribute_names", None)}
     parts = _PartWriter(parts_dir, backend.feature_dim, backend.num_classes, provenance, config.dtype,
-                        config.flush_every)
+                        config.flush_every, names)
     extracted = 0
     bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
     try:
@@ -323,8 +334,10 @@ def _extract_todo(todo: list[tuple[str, Path]], given: dict[str, np.ndarray] | N
                 ready.append(item)
             results = _infer(backend, ready, ready_boxes if given is not None else None, failures) if ready else []
             for item, regions in results:
-                record = RegionRecord(item.image_id, regions.features, regions.boxes, item.width, item.height,
-                                      class_probs=regions.class_probs, labels=regions.labels)
+                if len(regions.features) == 0:  # nothing to train on: a failure, not an extracted image
+                    failures.append(Failure(item.image_id, item.path, "no regions: the detector proposed no box"))
+                    continue
+                record = _record(item, regions)
                 try:
                     parts.add(record)
                 except FeatureStoreError as err:  # e.g. NaN features from a broken detector
@@ -344,7 +357,9 @@ def _provenance(config: ExtractConfig, boxes_json: str | os.PathLike | None) -> 
 
     prov: dict[str, Any] = {"backend": config.backend, **model_identity(config)}
     prov["settings"] = config.output_settings()
-    if boxes_json is not None:
+    if not config.detector:
+        prov["regions"] = {"source": config.backend}  # one region per patch / grid cell
+    elif boxes_json is not None:
         prov["regions"] = {"source": "given", "boxes_file": Path(boxes_json).name,
                            "boxes_sha256": sha256_file(str(boxes_json))}
     else:
@@ -375,6 +390,9 @@ def extract(
     images_dir = Path(images_dir)
     images = list_images(images_dir)
     given = None
+    if boxes_json is not None and not config.detector:
+        raise ExtractError(f"--boxes needs a detector backend (torchvision, detectron2); backend {config.backend} "
+                           "makes its own regions (one per patch / grid cell)")
     if boxes_json is not None:
         given = load_given_boxes(boxes_json)
         missing = sorted(set(given) - set(images))
@@ -455,7 +473,8 @@ def modern_argv(argv: list[str]) -> list[str]:
 def build_parser() -> SettingsParser:
     parser = SettingsParser(
         prog="vlbert extract",
-        description="Extract Faster R-CNN region features from an image folder into one HDF5 file. "
+        description="Extract region features (detector regions, patch tokens or grid cells) from an image folder "
+                    "into one HDF5 file. "
                     "Safe to interrupt: rerun the same command to finish.",
         epilog="Every key is a flag and a key of a --config YAML file (e.g. configs/extract/torchvision.yaml); "
                "later arguments win over earlier ones, so put --config first. Lists: --detectron2_opts "

@@ -110,3 +110,29 @@ def test_bad_selection_settings_are_refused(kwargs):
 def test_shape_errors_name_the_problem():
     with pytest.raises(ValueError, match="scores must be"):
         select_boxes(torch.zeros(3, 4), torch.zeros(2, 5), BoxSelection())
+
+
+def test_fewer_survivors_than_min_boxes_fill_with_the_top_scoring_proposals():
+    """Three copies of one box and a lone box: after NMS only two proposals survive (in any class),
+    min_boxes is 4, so two suppressed copies fill up, the higher-scoring copy first (not RPN order)."""
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 10, 10]],
+                         dtype=torch.float)
+    scores = torch.tensor([[0.9, 0.0], [0.3, 0.1], [0.6, 0.2], [0.05, 0.1], [0.1, 0.15]])
+    confidence = per_class_nms_confidence(boxes, scores, iou=0.5)
+    torch.testing.assert_close(confidence, torch.tensor([0.9, 0.0, 0.2, 0.1, 0.0]))  # 2 won class 1
+    keep = select_boxes(boxes, scores, BoxSelection(score_threshold=0.5, min_boxes=4, max_boxes=10))
+    # above 0.5: proposal 0; then the other survivors by confidence (2: 0.2, 3: 0.1); then the
+    # suppressed ones by their best class score: 1 (0.3) before 4 (0.15)
+    assert keep.tolist() == [0, 2, 3, 1]
+    keep = select_boxes(boxes, scores, BoxSelection(score_threshold=0.5, min_boxes=5, max_boxes=10))
+    assert keep.tolist() == [0, 2, 3, 1, 4]  # every proposal, as there are no more
+    assert select_boxes(boxes, scores, BoxSelection(num_boxes=4)).tolist() == [0, 2, 3, 1]  # fixed K alike
+
+
+def test_tie_break_only_orders_equal_confidences():
+    from vlbert.features.boxes import ranking
+
+    confidence = confidences([0.0, 0.5, 0.0, 0.5, 0.2])
+    raw = confidences([0.1, 0.2, 0.9, 0.7, 0.0])
+    assert ranking(confidence, raw).tolist() == [3, 1, 4, 2, 0]
+    assert ranking(confidence).tolist() == [1, 3, 4, 0, 2]  # without: index order

@@ -145,3 +145,26 @@ def test_unknown_detectron2_key_is_explained(tmp_path):
 
     with pytest.raises(ConfigError, match="detectron2_setup"):
         model_identity(config)
+
+
+def test_vocabulary_files_give_the_first_synonym_of_each_line(tmp_path):
+    from vlbert.features.backends.detectron2 import read_names
+
+    vocab = tmp_path / "objects_vocab.txt"
+    vocab.write_text("yolk\nSign,signs\n\nstreet light,streetlight\n")
+    assert read_names(str(vocab), "class_names_file") == ["yolk", "sign", "street light"]
+    with pytest.raises(ConfigError, match="class_names_file: cannot read"):
+        read_names(str(tmp_path / "missing.txt"), "class_names_file")
+
+
+@needs_detectron2
+def test_scores_and_class_names_file(tmp_path):
+    names = tmp_path / "classes.txt"
+    names.write_text("".join(f"thing{i}\n" for i in range(7)))
+    config = write_config(tmp_path, TINY_C4, class_names_file=str(names))
+    store = FeatureStore(extract(write_images(tmp_path / "imgs", 2), tmp_path / "d2.h5", config, progress=False).output)
+    assert store.class_names == [f"thing{i}" for i in range(7)] + ["__background__"]
+    assert store.provenance["class_names"]["file"] == "classes.txt"
+    record = store["0"]
+    np.testing.assert_allclose(record.scores, record.class_probs[np.arange(record.num_boxes), record.labels], atol=2e-3)
+    assert record.attributes is None  # this model has no attribute head

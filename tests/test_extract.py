@@ -348,12 +348,17 @@ def test_sharded_output_names():
 
 def test_every_shipped_config_loads():
     names = sorted(p.name for p in (REPO / "configs" / "extract").glob("*.yaml"))
-    assert {"torchvision.yaml", "torchvision_v2.yaml", "detectron2_vg.yaml", "tiny.yaml"} <= set(names)
+    assert {"torchvision.yaml", "torchvision_v2.yaml", "detectron2_vg.yaml", "tiny.yaml", "clip_patches.yaml",
+            "resnet_grid.yaml"} <= set(names)
     for name in names:
         config = load_config(REPO / "configs" / "extract" / name)
         assert config.selection.score_threshold > 0
     assert load_config(REPO / "configs" / "extract" / "torchvision.yaml").weights == "default"
     assert load_config(REPO / "configs" / "extract" / "detectron2_vg.yaml").backend == "detectron2"
+    patches = load_config(REPO / "configs" / "extract" / "clip_patches.yaml")
+    assert (patches.backend, patches.layer, patches.cls_token) == ("patches", -2, False)
+    grid = load_config(REPO / "configs" / "extract" / "resnet_grid.yaml")
+    assert (grid.backend, grid.model, grid.grid_size) == ("grid", "resnet50", 7)
 
 
 def test_synthetic_world_without_weights_uses_ground_truth_boxes(tmp_path, monkeypatch):
@@ -373,3 +378,49 @@ def test_synthetic_world_without_weights_uses_ground_truth_boxes(tmp_path, monke
     np.testing.assert_array_equal(store["2"].boxes, boxes["2"])
 
 
+
+
+def test_scores_are_the_top_class_probability(tmp_path):
+    write_scenes(tmp_path / "imgs", 2)
+    store = FeatureStore(extract(tmp_path / "imgs", tmp_path / "f.h5", tiny(dtype="float32"), progress=False).output)
+    for image_id in store.ids:
+        record = store[image_id]
+        assert record.scores.shape == (record.num_boxes,) and record.attributes is None
+        np.testing.assert_allclose(record.scores, record.class_probs[np.arange(record.num_boxes), record.labels],
+                                   atol=1e-3)  # class_probs are stored in float16
+
+
+def test_coco_class_names_from_the_published_weights(tmp_path, monkeypatch):
+    from vlbert.features.backends import torchvision as backend
+
+    names = backend.class_names(ExtractConfig())  # from the weights' meta: nothing is downloaded
+    assert len(names) == len(set(names)) == 91 and names[:2] == ["__background__", "person"] and names[12] == "N/A 12"
+    assert backend.class_names(tiny()) is None  # random weights: the ids name nothing
+    monkeypatch.setattr(backend, "class_names", lambda config: names)  # as published weights would
+    write_scenes(tmp_path / "imgs", 3)
+    store = FeatureStore(extract(tmp_path / "imgs", tmp_path / "f.h5", tiny(flush_every=1, batch_size=1),
+                                 progress=False).output)
+    assert store.class_names == names  # through the part files and their merge
+
+
+def test_an_image_without_regions_is_a_failure(tmp_path, monkeypatch, capsys):
+    from vlbert.features.backends.torchvision import TorchvisionBackend
+
+    detect = TorchvisionBackend.detect
+
+    def none_for_image_1(self, images):
+        regions = detect(self, images)
+        for image, region in zip(images, regions):
+            if image.image_id == "1":
+                region.features, region.boxes = region.features[:0], region.boxes[:0]
+        return regions
+
+    monkeypatch.setattr(TorchvisionBackend, "detect", none_for_image_1)
+    write_scenes(tmp_path / "imgs", 3)
+    result = extract(tmp_path / "imgs", tmp_path / "f.h5", tiny(), progress=False)
+    assert (result.extracted, [f.image_id for f in result.failures]) == (2, ["1"])
+    assert "no regions" in result.failures[0].reason
+    assert sorted(FeatureStore(tmp_path / "f.h5").ids) == ["0", "2"]
+    args = ["--config", str(TINY), "--images", str(tmp_path / "imgs"), "--progress", "false"]
+    assert main([*args, "--output", str(tmp_path / "strict.h5"), "--strict"]) == 1
+    assert "failures under --strict" in capsys.readouterr().err

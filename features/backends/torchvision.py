@@ -20,8 +20,11 @@ from torchvision.models.detection import (
     fasterrcnn_resnet50_fpn,
     fasterrcnn_resnet50_fpn_v2,
 )
+from torchvision.models.detection.image_list import ImageList
 
-from vlbert.features.backends import ImageRegions, download_error, regions_from_scores, sha256_file
+from vlbert.features.backends import (
+    ImageRegions, by_input_shape, download_error, regions_from_scores, seeded, sha256_file,
+)
 from vlbert.features.boxes import select_boxes
 from vlbert.features.config import ConfigError, ExtractConfig
 from vlbert.features.images import DecodedImage
@@ -72,6 +75,16 @@ def model_identity(config: ExtractConfig) -> dict:
     return identity
 
 
+def class_names(config: ExtractConfig) -> list[str] | None:
+    """The COCO category of each class id, from the published weights' meta (no download): for
+    published weights only (random weights or a file's classes mean nothing known). The ids
+    COCO leaves unused, all named 'N/A' there, get their id ('N/A 12'), so each name is unique."""
+    weights = None if config.random_weights else published_weights(config)
+    if weights is None:
+        return None
+    return [f"N/A {i}" if name == "N/A" else name for i, name in enumerate(weights.meta["categories"])]
+
+
 def weights_on_machine(config: ExtractConfig) -> bool:
     """True when building the model downloads nothing: random weights, a local file, or
     published weights already in torchvision's cache (torch.hub's checkpoints folder)."""
@@ -115,12 +128,8 @@ def build_model(config: ExtractConfig) -> torch.nn.Module:
                   rpn_pre_nms_top_n_test=max(1000, config.proposals))
     if config.random_weights:
         warnings.warn(RANDOM_WEIGHTS_WARNING, stacklevel=2)
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(config.seed)  # the same random model in every process and every rerun
-        try:
-            model = builder(weights=None, weights_backbone=None, num_classes=91, **kwargs)
-        finally:
-            torch.random.set_rng_state(generator_state)
+        # the same random model in every process and every rerun
+        model = seeded(config.seed, lambda: builder(weights=None, weights_backbone=None, num_classes=91, **kwargs))
     elif (weights := published_weights(config)) is not None:
         model = _with_published_weights(builder, weights, kwargs)
     else:
@@ -133,7 +142,7 @@ def build_model(config: ExtractConfig) -> torch.nn.Module:
 
 class TorchvisionBackend:
     """Regions from a torchvision Faster R-CNN. feature_dim 1024, class_probs over C classes
-    (91 for COCO, index 0 = background)."""
+    (91 for COCO, index 0 = background). Images run in groups of one input shape (`by_input_shape`)."""
 
     background_index = 0
 
@@ -144,12 +153,29 @@ class TorchvisionBackend:
         heads = self.model.roi_heads
         self.feature_dim = int(heads.box_predictor.cls_score.in_features)
         self.num_classes = int(heads.box_predictor.cls_score.out_features)
+        self.class_names = class_names(config) if self.num_classes == 91 else None
+        self.attribute_names = None
 
-    def _prepare(self, images: list[DecodedImage]):
-        tensors = [image.pixels.to(self.device, non_blocking=True).float().div_(255.0) for image in images]
-        image_list, _ = self.model.transform(tensors)
-        features = self.model.backbone(image_list.tensors)
-        return image_list, features
+    def _inputs(self, images: list[DecodedImage]) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+        """Per image: the detector's input (resized, normalised, padded to its own multiple of 32)
+        and its size before padding."""
+        out = []
+        for image in images:
+            pixels = image.pixels.to(self.device, non_blocking=True).float().div_(255.0)
+            image_list, _ = self.model.transform([pixels])
+            out.append((image_list.tensors[0], image_list.image_sizes[0]))
+        return out
+
+    def _grouped(self, images: list[DecodedImage], run) -> list[ImageRegions]:
+        """run(images, image_list, features) on each group of images with one input shape."""
+        inputs = self._inputs(images)
+
+        def group(indices: list[int]) -> list[ImageRegions]:
+            image_list = ImageList(torch.stack([inputs[i][0] for i in indices]), [inputs[i][1] for i in indices])
+            features = self.model.backbone(image_list.tensors)
+            return run(indices, image_list, features)
+
+        return by_input_shape([tensor.shape for tensor, _ in inputs], group)
 
     def _heads(self, features, boxes: list[torch.Tensor], image_sizes) -> tuple[torch.Tensor, torch.Tensor]:
         heads = self.model.roi_heads
@@ -168,33 +194,38 @@ class TorchvisionBackend:
 
     @torch.inference_mode()
     def detect(self, images: list[DecodedImage]) -> list[ImageRegions]:
-        image_list, features = self._prepare(images)
-        proposals, _ = self.model.rpn(image_list, features)
-        representation, probs = self._heads(features, proposals, image_list.image_sizes)
-        counts = [len(p) for p in proposals]
-        out = []
-        for image, boxes, feats, prob, scale in zip(
-            images, proposals, representation.split(counts), probs.split(counts), self._scale(images, image_list.image_sizes)
-        ):
-            keep = select_boxes(boxes, prob[:, 1:], self.config.selection)
-            kept_boxes = boxes[keep].cpu() * scale
-            kept_boxes = _clip(kept_boxes, image.width, image.height)
-            out.append(regions_from_scores(feats[keep], kept_boxes, prob[keep], self.background_index,
-                                           self.config.class_probs))
-        return out
+        def run(indices, image_list, features):
+            group = [images[i] for i in indices]
+            proposals, _ = self.model.rpn(image_list, features)
+            representation, probs = self._heads(features, proposals, image_list.image_sizes)
+            counts = [len(p) for p in proposals]
+            out = []
+            for image, boxes, feats, prob, scale in zip(
+                group, proposals, representation.split(counts), probs.split(counts),
+                self._scale(group, image_list.image_sizes),
+            ):
+                keep = select_boxes(boxes, prob[:, 1:], self.config.selection)
+                kept_boxes = _clip(boxes[keep].cpu() * scale, image.width, image.height)
+                out.append(regions_from_scores(feats[keep], kept_boxes, prob[keep], self.background_index,
+                                               self.config.class_probs))
+            return out
+
+        return self._grouped(images, run)
 
     @torch.inference_mode()
     def pool(self, images: list[DecodedImage], boxes: list[np.ndarray]) -> list[ImageRegions]:
-        image_list, features = self._prepare(images)
-        scales = self._scale(images, image_list.image_sizes)
-        given = [torch.as_tensor(b, dtype=torch.float32) for b in boxes]
-        detector_boxes = [(b / s).to(self.device) for b, s in zip(given, scales)]
-        representation, probs = self._heads(features, detector_boxes, image_list.image_sizes)
-        counts = [len(b) for b in given]
-        return [
-            regions_from_scores(f, b, p, self.background_index, self.config.class_probs)
-            for f, b, p in zip(representation.split(counts), given, probs.split(counts))
-        ]
+        def run(indices, image_list, features):
+            scales = self._scale([images[i] for i in indices], image_list.image_sizes)
+            given = [torch.as_tensor(boxes[i], dtype=torch.float32) for i in indices]
+            detector_boxes = [(b / s).to(self.device) for b, s in zip(given, scales)]
+            representation, probs = self._heads(features, detector_boxes, image_list.image_sizes)
+            counts = [len(b) for b in given]
+            return [
+                regions_from_scores(f, b, p, self.background_index, self.config.class_probs)
+                for f, b, p in zip(representation.split(counts), given, probs.split(counts))
+            ]
+
+        return self._grouped(images, run)
 
 
 def _clip(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -208,4 +239,5 @@ def build(config: ExtractConfig, device: torch.device) -> TorchvisionBackend:
     return TorchvisionBackend(config, device)
 
 
-__all__ = ["TorchvisionBackend", "build", "build_model", "model_identity", "published_weights", "weights_on_machine"]
+__all__ = ["TorchvisionBackend", "build", "build_model", "class_names", "model_identity", "published_weights",
+           "weights_on_machine"]
