@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from vlbert.errors import InputError
+from vlbert.featindex import IDS_DATASET
 from vlbert.featstore import (FLOAT_ARRAYS, SCHEMA, SCHEMA_VERSION, FeatureStoreError, all_finite, expand_paths,
                               names_difference, open_hdf5, read_names)
 
@@ -364,8 +365,11 @@ def check_file(path: Path, report: Report, owners: dict[str, tuple[Path, str]],
         else:
             first.append((path, dims))
         images = f["images"]
+        seen: list[str] = []
         for key in images:
             image_id = check_image(images, key, path, dims, report)
+            if image_id is not None:
+                seen.append(image_id)
             report.images += 1
             if progress and report.images % 1000 == 0:
                 print(f"\r{path.name}: {report.images} images checked", end="", file=sys.stderr, flush=True)
@@ -379,6 +383,18 @@ def check_file(path: Path, report: Report, owners: dict[str, tuple[Path, str]],
                     report.add("duplicate", f"image id {image_id!r} is in both {other} and {path}")
             else:
                 owners[image_id] = (path, key)
+        check_id_list(f, path, seen, report)
+
+
+def check_id_list(f, path: Path, seen: list[str], report: "Report") -> None:
+    """The file's /image_ids, when a store opens by it (one entry per image group), must name
+    exactly the ids of its groups."""
+    stored = f.get(IDS_DATASET)
+    if not isinstance(stored, h5py.Dataset) or stored.dtype.kind != "S" or stored.ndim != 1 or len(stored) != len(f["images"]):
+        return  # a store opens such a file group by group, as one without the list
+    if sorted(i.decode("utf-8", "replace") for i in stored[()]) != sorted(seen):
+        report.add("schema", f"{path}: /{IDS_DATASET} does not list the ids of its image groups (was the file changed "
+                             "after it was written?); a store would read by the list: rewrite it with `vlbert merge-features`")
 
 
 def load_ids(path: str | os.PathLike, image_id_format: str = "{image_id}") -> list[str]:

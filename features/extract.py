@@ -28,6 +28,7 @@ import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, Namespace
 
 from vlbert.errors import InputError
+from vlbert.features.launcher import launched_device, resolve_shard
 from vlbert.featstore import FeatureStore, FeatureStoreError, FeatureWriter, RegionRecord, read_header
 from vlbert.features.config import (
     FIELDS, ConfigError, ExtractConfig, SettingsParser, add_config_arguments, config_from, describe_error,
@@ -490,8 +491,10 @@ def build_parser() -> SettingsParser:
                      help="output .h5 file ({shard} is replaced by the shard index)")
     run.add_argument("--boxes", type=Optional[str], default=None,
                      help="JSON {image id: [[x1, y1, x2, y2], ...]}: features for these boxes only")
-    run.add_argument("--num_shards", type=int, default=1, help="split the images into K shards (one per GPU/node)")
-    run.add_argument("--shard_index", type=int, default=0, help="which shard this process extracts (0-based)")
+    run.add_argument("--num_shards", type=Optional[int], default=None,
+                     help="split the images into K shards (one per GPU/node); default: torchrun's / srun's world size, else 1")
+    run.add_argument("--shard_index", type=Optional[int], default=None,
+                     help="which shard this process extracts (0-based); default: torchrun's / srun's rank, else 0")
     run.add_argument("--strict", action=ActionYesNo, nargs="?", default=False,
                      help="exit with status 1 if any image fails")
     run.add_argument("--progress", action=ActionYesNo, nargs="?", default=True, help="show a progress bar")
@@ -529,9 +532,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        result = extract(args.images, args.output, config, boxes_json=args.boxes, num_shards=args.num_shards,
-                         shard_index=args.shard_index, strict=args.strict, progress=args.progress)
-    except (ConfigError, ExtractError, ImageListError, ProvenanceMismatch, FeatureStoreError, FileExistsError) as err:
+        num_shards, shard_index, launched = resolve_shard(args.num_shards, args.shard_index)
+        if launched is not None:  # one process per GPU: each its own shard, on its own device
+            config = dataclasses.replace(config, device=launched_device(config.device, launched, torch.cuda.is_available()))
+            log.info("%s: shard %d of %d on %s", launched.launcher, shard_index, num_shards, config.device)
+        result = extract(args.images, args.output, config, boxes_json=args.boxes, num_shards=num_shards,
+                         shard_index=shard_index, strict=args.strict, progress=args.progress)
+    except (InputError, FileExistsError) as err:  # ConfigError, ExtractError, FeatureStoreError, ...
         print(f"vlbert extract: error: {err}", file=sys.stderr)
         return 2
     summary = (f"{result.output}: {result.extracted} extracted, {result.already_done} already done, "

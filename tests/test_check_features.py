@@ -226,3 +226,14 @@ def test_names_that_do_not_fit_the_file_are_schema_problems(tmp_path, capsys):
     assert rc == 1
     assert any(re.match(rf"schema: .*f\.h5: 2 class_names for num_classes={CLASSES}", line) for line in lines), lines
     assert any(re.match(r"schema: .*f\.h5: /attribute_names repeats 'x'", line) for line in lines), lines
+
+
+def test_an_id_list_that_no_longer_matches_its_groups_is_a_problem(tmp_path, capsys):
+    """The store opens by /image_ids; an id changed in place after writing makes it wrong."""
+    path = write_store(tmp_path / "f.h5", [record("a"), record("b")])
+    rc, lines = check(capsys, path)
+    assert rc == 0, lines
+    with h5py.File(path, "r+") as f:
+        f["images"]["b"].attrs["image_id"] = "z"
+    rc, lines = check(capsys, path)
+    assert rc == 1 and any(line.startswith("schema: ") and "/image_ids does not list the ids" in line for line in lines), lines

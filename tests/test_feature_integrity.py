@@ -244,9 +244,11 @@ def test_duplicate_ids_across_shards_are_refused_naming_the_id_and_both_files(tm
 
 
 def test_duplicate_ids_within_one_file_are_refused(tmp_path):
+    """A file of another program (no /image_ids list) with one id under two groups."""
     path = write_store(tmp_path / "f.h5", ids=("a", "b"))
     with h5py.File(path, "r+") as f:
         f["images"]["b"].attrs["image_id"] = "a"
+        del f["image_ids"]
     with pytest.raises(FeatureStoreError, match=r"image id 'a' is twice in .*f\.h5 \(groups 'a' and 'b'\)"):
         FeatureStore(path)
 

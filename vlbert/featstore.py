@@ -44,6 +44,7 @@ lists every problem of a store.
 """
 from __future__ import annotations
 
+import glob
 import json
 import mmap
 import os
@@ -56,6 +57,7 @@ import h5py
 import numpy as np
 
 from vlbert.errors import InputError
+from vlbert.featindex import IDS_DATASET, ImageIndex, encode_ids
 
 SCHEMA = "vlbert-regions"
 SCHEMA_VERSION = 2
@@ -227,6 +229,7 @@ class FeatureWriter:
             if names is not None:
                 self._file.create_dataset(name, data=names, dtype=h5py.string_dtype("utf-8"))
         self._images = self._file.create_group("images")
+        self._ids: list[str] = []
         self.count = 0
 
     def add(self, record: RegionRecord) -> None:
@@ -246,6 +249,7 @@ class FeatureWriter:
         group.attrs["image_w"] = int(record.image_w)
         group.attrs["image_h"] = int(record.image_h)
         group.attrs["num_boxes"] = record.num_boxes
+        self._ids.append(str(record.image_id))
         self.count += 1
 
     def close(self) -> Path:
@@ -253,6 +257,8 @@ class FeatureWriter:
         if self._file is None:
             return self.path
         self._file.attrs["num_images"] = self.count
+        # every id in one dataset: a store opens by reading it, not by opening each image group
+        self._file.create_dataset(IDS_DATASET, data=encode_ids(self._ids))
         self._file.close()
         self._file = None
         os.replace(self.tmp_path, self.path)
@@ -275,14 +281,40 @@ class FeatureWriter:
             self.abort()
 
 
+MANIFEST_SUFFIX = ".json"
+
+
+def read_manifest(path: Path) -> list[Path]:
+    """The shards a manifest lists: {"shards": ["a.h5", ...]}, paths relative to the manifest."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FeatureStoreError(f"shard manifest {path} is not JSON ({error}); expected {{\"shards\": [\"a.h5\", ...]}}") from None
+    shards = data.get("shards") if isinstance(data, dict) else None
+    if not isinstance(shards, list) or not shards or not all(isinstance(s, str) for s in shards):
+        raise FeatureStoreError(f"shard manifest {path} needs a non-empty \"shards\" list of file names")
+    return [path.parent / shard for shard in shards]
+
+
 def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """The files of a store: each path a file, or a folder of *.h5 shards. Refuses a missing path,
-    an empty folder and a file named twice (its images would all be duplicates)."""
+    """The files of a store: each path a file, a folder of *.h5 shards, a glob ('feats.shard*.h5')
+    or a JSON manifest of shards. Refuses a missing path, an empty folder or glob and a file named
+    twice (its images would all be duplicates)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
+        if not p.exists() and glob.has_magic(str(p)):
+            matches = sorted(Path(m) for m in glob.glob(str(p)))
+            if not matches:
+                raise FeatureStoreError(f"no feature file matches {p}; check the pattern (quote it so the shell leaves it alone)")
+            out.extend(matches)
+        elif p.is_file() and p.suffix == MANIFEST_SUFFIX:
+            for shard in read_manifest(p):
+                if not shard.is_file():
+                    raise FeatureStoreError(f"shard {shard} listed in {p} does not exist")
+                out.append(shard)
+        elif p.is_dir():
             shards = sorted(p.glob("*.h5"))
             if not shards:
                 raise FeatureStoreError(f"{p} is a directory without *.h5 feature files")
@@ -387,6 +419,22 @@ def names_difference(first: list[str] | None, other: list[str] | None) -> str:
     return f"id {index} is {first[index]!r} and {other[index]!r}"
 
 
+def _file_index(f: h5py.File, path: str | os.PathLike) -> tuple[np.ndarray, dict[int, str]]:
+    """A file's image ids (bytes, file order) and the group keys that are not `image_key(id)`: from
+    its /image_ids (FeatureWriter writes it) when that still lists every group, else by opening
+    each group (files of other programs, or changed after writing)."""
+    images = f["images"]
+    stored = f.get(IDS_DATASET)
+    if isinstance(stored, h5py.Dataset) and stored.dtype.kind == "S" and stored.ndim == 1 and len(stored) == len(images):
+        return stored[()], {}
+    ids, keys = [], {}
+    for row, (key, image_id) in enumerate(_stored_ids(images, path)):
+        ids.append(image_id)
+        if key != image_key(image_id):
+            keys[row] = key
+    return encode_ids(ids), keys
+
+
 def _stored_ids(images: h5py.Group, path: str | os.PathLike) -> Iterator[tuple[str, str]]:
     """(group key, image id) of each image of a file's /images group; an image that HDF5 cannot
     open (an external link to a file that is gone) is refused with its key and the file."""
@@ -468,14 +516,17 @@ class FeatureStore:
         self.provenance: dict = first["provenance"]
         self.class_names: list[str] | None = first["class_names"]
         self.attribute_names: list[str] | None = first["attribute_names"]
-        self._location: dict[str, tuple[int, str, int]] = {}  # image id -> (file index, group key, row)
-        for file_index, p in enumerate(self.paths):
+        per_file, keys = [], []
+        for p in self.paths:
             with open_hdf5(p) as f:
-                for key, image_id in _stored_ids(f["images"], p):
-                    if image_id in self._location:
-                        self._refuse_duplicate(image_id, file_index, key)
-                    self._location[image_id] = (file_index, key, len(self._location))
-        self._offsets, self._sizes, self._codes, self._state = _layout_arrays(len(self._location))
+                ids, file_keys = _file_index(f, p)
+            per_file.append(ids)
+            keys.append(file_keys)
+        self._index = ImageIndex.build(per_file, keys)  # image id -> (file index, group key, row)
+        duplicate = self._index.duplicate()
+        if duplicate is not None:
+            self._refuse_duplicate(*duplicate)
+        self._offsets, self._sizes, self._codes, self._state = _layout_arrays(len(self._index))
         # each array's shape after its first dimension (num_boxes), in the order of _ARRAYS
         self._trailing = ((self.feature_dim,), (4,), (self.num_classes,), (), (), (), ())
         self._raw_ok: dict[int, bool] = {}  # per file: did a raw read match h5py's read of the same record
@@ -484,9 +535,10 @@ class FeatureStore:
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
 
-    def _refuse_duplicate(self, image_id: str, file_index: int, key: str) -> None:
+    def _refuse_duplicate(self, first_row: int, second_row: int) -> None:
         """Two records of one image: which one a read returns would depend on the order of the files."""
-        first_index, first_key, _ = self._location[image_id]
+        image_id = self._index.id_of(first_row)
+        (first_index, first_key, _), (file_index, key, _) = self._row_location(first_row), self._row_location(second_row)
         first, second = self.paths[first_index], self.paths[file_index]
         if first_index == file_index:
             where = f"twice in {first} (groups {first_key!r} and {key!r})"
@@ -498,19 +550,24 @@ class FeatureStore:
         )
 
     def __len__(self) -> int:
-        return len(self._location)
+        return len(self._index)
 
     def __contains__(self, image_id: object) -> bool:
-        return str(image_id) in self._location
+        return self._index.row(str(image_id)) is not None
 
     @property
     def ids(self) -> list[str]:
-        return list(self._location)
+        """Every image id, file by file in each file's order."""
+        return self._index.all_ids()
 
     @property
     def has_class_probs(self) -> bool:
-        record = self[next(iter(self._location))] if self._location else None
+        record = self[self._index.id_of(0)] if len(self._index) else None
         return record is not None and record.class_probs is not None
+
+    def _row_location(self, row: int) -> tuple[int, str, int]:
+        key = self._index.keys.get(row)
+        return int(self._index.files[row]), key if key is not None else image_key(self._index.id_of(row)), row
 
     def _same_process(self) -> None:
         if os.getpid() != self._pid:  # forked into a DataLoader worker: never reuse the parent's handles
@@ -541,12 +598,12 @@ class FeatureStore:
         return fd
 
     def _where(self, image_id: str) -> tuple[int, str, int]:
-        try:
-            return self._location[image_id]
-        except KeyError:
+        row = self._index.row(image_id)
+        if row is None:
             raise FeatureStoreError(
                 f"image id {image_id!r} is not in the feature store {[str(p) for p in self.paths]}"
-            ) from None
+            )
+        return self._row_location(row)
 
     def __getitem__(self, image_id: str | int) -> RegionRecord:
         """One image's record, arrays as stored (features float16 or float32, boxes, scores and
@@ -714,7 +771,7 @@ class FeatureStore:
 
     def check_ids(self, needed: Iterable[str | int], what: str = "the annotations") -> None:
         """Fail before training when ids that `what` need are missing, listing them."""
-        missing = sorted({str(i) for i in needed} - self._location.keys())
+        missing = self._index.missing(needed)
         if missing:
             shown = ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
             raise FeatureStoreError(
