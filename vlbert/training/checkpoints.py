@@ -1,7 +1,7 @@
 """What a vlbert Lightning checkpoint holds besides the weights, and reading one back.
 
-Every checkpoint written by `vlbert pretrain`, `vqa` or `retrieval` carries:
-  vlbert_job       which job wrote it ("pretrain", "vqa", "retrieval")
+Every checkpoint written by `vlbert pretrain`, `vqa`, `retrieval` or `caption` carries:
+  vlbert_job       which job wrote it ("pretrain", "vqa", "retrieval", "caption")
   vlbert_config    the model's VLBertConfig as plain data (answers included)
   vlbert_files     the extra files of its model directory (e.g. answers.json), as plain data
   vlbert_features  the header of the features it was trained on (features.json)
@@ -50,7 +50,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):  # torch.save writes zip files since torch 1.6
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a torch.save zip file); give a .ckpt file "
-                              "that `vlbert pretrain`, `vqa` or `retrieval` wrote")
+                              "that `vlbert pretrain`, `vqa`, `retrieval` or `caption` wrote")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises many kinds for a file that is not a checkpoint

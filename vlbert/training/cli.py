@@ -1,4 +1,4 @@
-"""The LightningCLI every training command (`vlbert pretrain`, `vqa`, `retrieval`) is built on:
+"""The LightningCLI every training command (`vlbert pretrain`, `vqa`, `retrieval`, `caption`) is built on:
 typed constructor arguments as the config schema, a YAML `--config`, unknown keys refused, the
 resolved config saved beside the run. Unless the config says otherwise a run logs to TensorBoard
 and CSV in one folder and shows `StepProgressBar`.
