@@ -63,9 +63,14 @@ def _row(rows, array: np.ndarray):
     return array if isinstance(rows, np.ndarray) else torch.from_numpy(np.asarray(array))
 
 
-def padded_shape(arrays: Sequence[np.ndarray]) -> tuple[int, ...]:
-    """[B, max_len, ...] of `pad_stack(arrays)`."""
-    return (len(arrays), max((a.shape[0] for a in arrays), default=0), *arrays[0].shape[1:])
+def round_up(length: int, multiple: int = 1) -> int:
+    """`length` rounded up to a multiple of `multiple` (fewer distinct batch shapes)."""
+    return -(-length // multiple) * multiple
+
+
+def padded_shape(arrays: Sequence[np.ndarray], multiple: int = 1) -> tuple[int, ...]:
+    """[B, max_len, ...] of `pad_stack(arrays)`, max_len rounded up to a multiple of `multiple`."""
+    return (len(arrays), round_up(max((a.shape[0] for a in arrays), default=0), multiple), *arrays[0].shape[1:])
 
 
 def pad_stack(
@@ -111,9 +116,9 @@ def length_mask(lengths: Sequence[int], out: torch.Tensor | None = None) -> torc
     return out
 
 
-def holds_rows(padded: torch.Tensor | None, arrays: Sequence[np.ndarray]) -> bool:
-    """Whether `padded` is `pad_stack(arrays)` already, each array being a view of its row."""
-    if padded is None or tuple(padded.shape) != padded_shape(arrays) or padded.dtype != torch_dtype(arrays[0]):
+def holds_rows(padded: torch.Tensor | None, arrays: Sequence[np.ndarray], multiple: int = 1) -> bool:
+    """Whether `padded` is `pad_stack(arrays)` already (padded to `multiple`), each array being a view of its row."""
+    if padded is None or tuple(padded.shape) != padded_shape(arrays, multiple) or padded.dtype != torch_dtype(arrays[0]):
         return False
     start, row = padded.data_ptr(), padded.stride(0) * padded.element_size()
     return all(a.shape[1:] == tuple(padded.shape[2:]) and a.ctypes.data == start + i * row and a.flags.c_contiguous for i, a in enumerate(arrays))
@@ -124,6 +129,7 @@ def collate_inputs(
     pad_token_id: int = 0,
     extra: Mapping[str, Spec] | None = None,
     region_features: torch.Tensor | None = None,
+    pad_to_multiple_of: int = 1,
 ) -> dict[str, torch.Tensor]:
     """The model inputs of a list of examples with keys input_ids [T], region_features [R, D],
     region_locations [R, 7]: input_ids, text_mask, region_features, region_locations, region_mask.
@@ -132,18 +138,20 @@ def collate_inputs(
 
     extra: more tensors of the batch (name: (shape, dtype)), allocated with the inputs and left
     for the caller to fill. region_features: the examples' region features padded already (their
-    arrays being views of its rows), used as it is."""
+    arrays being views of its rows), used as it is. pad_to_multiple_of: the text and region
+    lengths are padded up to a multiple of it."""
     text = [e["input_ids"] for e in examples]
     features = [e["region_features"] for e in examples]
     locations = [e["region_locations"] for e in examples]
-    batch_size, text_len = padded_shape(text)
-    regions = padded_shape(features)[1]
-    filled = holds_rows(region_features, features)
+    multiple = pad_to_multiple_of
+    batch_size, text_len = padded_shape(text, multiple)
+    regions = padded_shape(features, multiple)[1]
+    filled = holds_rows(region_features, features, multiple)
     batch = new_tensors({
         "input_ids": ((batch_size, text_len), torch.long),
         "text_mask": ((batch_size, text_len), torch.bool),
-        **({} if filled else {"region_features": (padded_shape(features), torch_dtype(features[0]))}),
-        "region_locations": (padded_shape(locations), torch.float32),
+        **({} if filled else {"region_features": (padded_shape(features, multiple), torch_dtype(features[0]))}),
+        "region_locations": (padded_shape(locations, multiple), torch.float32),
         "region_mask": ((batch_size, regions), torch.bool),
         **(extra or {}),
     })

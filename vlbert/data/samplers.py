@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping, MutableMapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
 # In a training batch: the epoch its keys were drawn for, and its index in that epoch (0-based,
 # counted from the epoch's start also in a resumed run). Plain ints, never model inputs.
@@ -86,6 +86,14 @@ class TaskBatchSampler(BatchSampler):
       every metric on the same examples each time);
     lengths: when given, indices are grouped `bucket_batches` batches at a time and sorted by
       length inside the group, so padding stays small; batch order is then shuffled;
+    max_tokens: instead of `batch_size` examples, a batch holds as many examples as fit in this
+      many tokens, counted as examples x the batch's longest length (UNITER's rule: padded
+      tokens; with examples sorted by length, about the real ones). `lengths` (an example's
+      text + region tokens) are then required. The epoch's examples are sorted by length, equal
+      lengths in the epoch's shuffled order, cut into batches, and the batches shuffled: the
+      sorted lengths, hence the batch boundaries and the number of batches, are the same in
+      every epoch, so `len()` (the learning-rate schedule's length) and resume positions are
+      exact;
     resume_epoch/resume_batches: skip the batches of that epoch a checkpointed run already consumed
       (all of them: start the next epoch). Lightning creates a resumed run's first iterator
       before it sets the sampler's epoch, so an iterator made while the sampler's epoch is still
@@ -105,8 +113,10 @@ class TaskBatchSampler(BatchSampler):
         seed: int = 0,
         resume_epoch: int = -1,
         resume_batches: int = 0,
+        max_tokens: int | None = None,
     ) -> None:
         super().__init__(sampler, batch_size, drop_last)
+        check_token_budget(sampler, max_tokens, lengths, drop_last)
         self.tasks = list(tasks)
         probs = np.asarray(weights if weights is not None else [1.0] * len(self.tasks), dtype=np.float64)
         self.probs = probs / probs.sum()
@@ -116,6 +126,8 @@ class TaskBatchSampler(BatchSampler):
         self.seed = seed
         self.resume_epoch = resume_epoch
         self.resume_batches = resume_batches
+        self.max_tokens = max_tokens
+        self._budget_batch_count: int | None = None
 
     @property
     def epoch(self) -> int:
@@ -123,6 +135,10 @@ class TaskBatchSampler(BatchSampler):
 
     def _index_batches(self, rng: np.random.Generator) -> list[list[int]]:
         indices = list(self.sampler)
+        if self.max_tokens is not None:
+            batches = token_budget_batches(indices, self.lengths, self.max_tokens)
+            rng.shuffle(batches)  # sorted order would be a length curriculum
+            return batches
         if self.lengths is None:
             groups = [indices]
         else:
@@ -170,6 +186,43 @@ class TaskBatchSampler(BatchSampler):
         return iter(keyed)
 
     def __len__(self) -> int:
-        n = len(self.sampler)
-        batches = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if self.max_tokens is not None:
+            if self._budget_batch_count is None:  # the same in every epoch (see max_tokens)
+                self._budget_batch_count = len(token_budget_batches(list(range(len(self.lengths))), self.lengths, self.max_tokens))
+            batches = self._budget_batch_count
+        else:
+            n = len(self.sampler)
+            batches = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
         return batches * (len(self.tasks) if self.every_task else 1)
+
+
+def token_budget_batches(indices: Sequence[int], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """`indices` sorted by length (stable: equal lengths keep their order) and cut into
+    consecutive batches of at most `max_tokens` tokens, counted as examples x longest length."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for index in sorted(indices, key=lambda i: lengths[i]):
+        if batch and (len(batch) + 1) * lengths[index] > max_tokens:  # sorted: this one is the longest
+            batches.append(batch)
+            batch = []
+        batch.append(index)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def check_token_budget(sampler: Sampler[int], max_tokens: int | None, lengths: Sequence[int] | None, drop_last: bool) -> None:
+    """Refuse a token budget TaskBatchSampler cannot keep exact."""
+    if max_tokens is None:
+        return
+    if lengths is None:
+        raise ValueError("a token budget (max_tokens) needs the examples' lengths")
+    if max(lengths, default=0) > max_tokens:
+        raise ValueError(f"max_tokens {max_tokens} is less than the longest example ({max(lengths)} tokens)")
+    if drop_last:
+        raise ValueError("drop_last applies to batches of batch_size examples, not to token budgets")
+    if len(sampler) != len(lengths) or isinstance(sampler, DistributedSampler):
+        # Each DDP rank would get its own, changing, share of the lengths, hence its own number
+        # of batches: ranks would fall out of step.
+        raise ValueError("token budgets need every epoch to hold all the examples (EpochSampler): not under "
+                         "DDP's DistributedSampler; use batch_size there")

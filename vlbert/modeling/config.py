@@ -12,8 +12,13 @@ from transformers import PreTrainedConfig
 REGION_EMBEDDING_STYLES = ("uniter", "visualbert")
 VQA_HEAD_STYLES = ("pooled_mlp", "token_linear")
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "gelu_pytorch_tanh")
-# The fields that describe the region branch: kept when the text sizes come from a BERT checkpoint.
-REGION_FIELDS = ("region_feature_dim", "region_location_dim", "region_embedding", "num_region_classes", "gradient_checkpointing")
+ATTENTION_PATHS = ("auto", "padded", "per_example", "nested")
+# The fields a BERT config does not have (the region branch, how the encoder runs): kept from the
+# settings when the text sizes come from a BERT checkpoint.
+REGION_FIELDS = (
+    "region_feature_dim", "region_location_dim", "region_embedding", "num_region_classes", "gradient_checkpointing",
+    "attention_path", "compile_encoder",
+)
 
 
 @dataclass
@@ -42,6 +47,12 @@ class ModelSettings:
             embedding (id 0), then the text LayerNorm (VisualBERT normalises the concatenation once).
         num_region_classes: detector classes for masked-region classification (0: no MRC head).
         gradient_checkpointing: recompute each layer's activations in the backward pass (less memory).
+        attention_path: how padded batches attend (the results agree; only speed differs):
+            "auto" (CPU: per example or padded, whichever the batch's lengths favour; GPU:
+            nested), "padded" (back to [B, L] for SDPA), "per_example" (a loop over the
+            examples), "nested" (one SDPA call on a jagged nested tensor of the packed tokens).
+        compile_encoder: torch.compile the encoder layers: true, false, or null (auto: on CUDA;
+            on CPU compiling does not pay, docs/performance.md).
     """
 
     vocab_size: int = 30522
@@ -62,6 +73,8 @@ class ModelSettings:
     region_embedding: str = "uniter"
     num_region_classes: int = 0
     gradient_checkpointing: bool = False
+    attention_path: str = "auto"
+    compile_encoder: bool | None = None
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -74,6 +87,10 @@ class ModelSettings:
             raise ValueError(f"region_location_dim must be 7 ([x1,y1,x2,y2,w,h,w*h]) or 0 (none), got {self.region_location_dim}")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {ACTIVATIONS}")
+        if self.attention_path not in ATTENTION_PATHS:
+            raise ValueError(f"attention_path must be one of {ATTENTION_PATHS}, got {self.attention_path!r}")
+        if self.compile_encoder not in (None, True, False):
+            raise ValueError(f"compile_encoder must be true, false or null (auto: on CUDA), got {self.compile_encoder!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

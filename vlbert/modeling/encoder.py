@@ -3,11 +3,15 @@
 Padded batches run "packed": every per-token operation (projections, feed-forward, dropout,
 LayerNorm) sees only the N real tokens [N, H]. With the 10-100 regions an adaptive extractor
 gives, a batch padded to its longest example is ~40% padding; packed, it costs nothing. For
-attention, on CPU each example attends over its own tokens (cost sum(n_i^2), not B * L^2) when
-that saves more than its per-example loop costs; otherwise, and on GPU, the batch goes back to the
-padded [B, heads, L, head_dim] layout for SDPA's fused kernels (on GPU flash or memory-efficient
-attention, never cuDNN's, which plans anew for every shape).
-Outputs at padded positions are zeros.
+attention (`config.attention_path`, "auto" by default):
+- on CPU each example attends over its own tokens (cost sum(n_i^2), not B * L^2) when that saves
+  more than its per-example loop costs ("per_example"), else the batch goes back to the padded
+  [B, heads, L, head_dim] layout for SDPA ("padded");
+- on GPU the packed tokens stay packed: a jagged nested tensor [B, heads, j, head_dim] over them
+  goes to SDPA's variable-length flash / memory-efficient kernels ("nested"; never cuDNN's, which
+  plans anew for every shape). Forced on CPU it runs SDPA's math kernel (tests prove it there).
+`config.compile_encoder` compiles each layer (torch.compile, dynamic token count) around the
+attention kernel, which stays eager. Outputs at padded positions are zeros.
 """
 from __future__ import annotations
 
@@ -43,14 +47,16 @@ class Packing:
 
     index: torch.Tensor
     key_mask: torch.Tensor  # [B, L] bool
+    path: str = "auto"  # config.attention_path
     _lengths: list[int] | None = field(default=None, repr=False)
     _per_example: bool | None = field(default=None, repr=False)
+    _offsets: torch.Tensor | None = field(default=None, repr=False)
 
     @classmethod
-    def from_key_mask(cls, attention_mask: torch.Tensor) -> "Packing":
-        """attention_mask [B, 1, 1, L] bool (True = real token)."""
+    def from_key_mask(cls, attention_mask: torch.Tensor, path: str = "auto") -> "Packing":
+        """attention_mask [B, 1, 1, L] bool (True = real token); path: config.attention_path."""
         key_mask = attention_mask.reshape(attention_mask.shape[0], attention_mask.shape[-1])
-        return cls(key_mask.reshape(-1).nonzero().squeeze(1), key_mask)
+        return cls(key_mask.reshape(-1).nonzero().squeeze(1), key_mask, path)
 
     @property
     def batch(self) -> int:
@@ -66,6 +72,22 @@ class Packing:
         if self._lengths is None:
             self._lengths = self.key_mask.sum(1).tolist()
         return self._lengths
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        """[B + 1] int64 on the batch's device: where each example's rows start in the packed
+        tensor (the nested tensors' offsets; one tensor, so q, k and v share their ragged size)."""
+        if self._offsets is None:
+            self._offsets = F.pad(self.key_mask.sum(1).cumsum(0), (1, 0))
+        return self._offsets
+
+    def attention(self, width: int, device: torch.device) -> str:
+        """The attention path this batch takes: "per_example", "padded" or "nested"."""
+        if self.path != "auto":
+            return self.path
+        if device.type != "cpu":
+            return "nested"
+        return "per_example" if self.attend_per_example(width) else "padded"
 
     def attend_per_example(self, width: int) -> bool:
         """Whether attending example by example (CPU) beats padded attention for this batch: it
@@ -116,6 +138,30 @@ def packed_attention(qkv: torch.Tensor, lengths: list[int], num_heads: int, drop
     return torch.cat(contexts)
 
 
+def nested_attention(
+    qkv: torch.Tensor, offsets: torch.Tensor, lengths: list[int], num_heads: int, dropout: float
+) -> torch.Tensor:
+    """Each example attends over its own tokens, in one SDPA call on a jagged nested tensor: no
+    padded copy of the batch, and on GPU the variable-length flash / memory-efficient kernels.
+    qkv [N, 3H] packed, offsets [B + 1] (Packing.offsets), lengths [B] -> context [N, H]."""
+    rows, width = qkv.shape[0], qkv.shape[-1] // 3
+    # Contiguous q, k, v [N, heads, d]: SDPA's jagged kernels (and its CPU math path) need each
+    # of them contiguous once transposed to [B, heads, j, d].
+    parts = qkv.view(rows, 3, num_heads, width // num_heads).unbind(1)
+    q, k, v = (
+        torch.nested.nested_tensor_from_jagged(
+            part.contiguous(), offsets, min_seqlen=min(lengths), max_seqlen=max(lengths)
+        ).transpose(1, 2)
+        for part in parts
+    )
+    if qkv.device.type == "cuda":
+        with sdpa_kernel(CUDA_SDPA_BACKENDS):
+            context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    else:
+        context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    return context.transpose(1, 2).values().reshape(rows, width)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused QKV projection; residual + LayerNorm after."""
 
@@ -134,15 +180,23 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         """hidden [B, L, H], or [N, H] real tokens with `packing`; attention_mask [B, 1, 1, L] bool
         (True = key is attended), [B, 1, L, L] bool (per query: captioning's seq2seq mask) or None."""
-        qkv = self.qkv(hidden)
-        dropout = self.attention_dropout if self.training else 0.0
-        if packing is not None and qkv.device.type == "cpu" and packing.attend_per_example(qkv.shape[-1] // 3):
-            context = packed_attention(qkv, packing.lengths, self.num_heads, dropout)
-        else:
-            context = self.padded_attention(qkv if packing is None else packing.unpack(qkv), attention_mask, dropout)
-            if packing is not None:
-                context = packing.pack(context)
+        context = self.attend(self.qkv(hidden), attention_mask, packing)
         return self.LayerNorm(hidden + self.dropout(self.out(context)))
+
+    # Eager under torch.compile: the attention kernels are single calls already, and the paths'
+    # host-side choices (lengths, the per-example loop) would otherwise recompile per batch.
+    @torch.compiler.disable
+    def attend(self, qkv: torch.Tensor, attention_mask: torch.Tensor | None, packing: Packing | None) -> torch.Tensor:
+        """qkv [B, L, 3H], or [N, 3H] with `packing` -> context [B, L, H] / [N, H]."""
+        dropout = self.attention_dropout if self.training else 0.0
+        if packing is None:
+            return self.padded_attention(qkv, attention_mask, dropout)
+        path = packing.attention(qkv.shape[-1] // 3, qkv.device)
+        if path == "per_example":
+            return packed_attention(qkv, packing.lengths, self.num_heads, dropout)
+        if path == "nested":
+            return nested_attention(qkv, packing.offsets, packing.lengths, self.num_heads, dropout)
+        return packing.pack(self.padded_attention(packing.unpack(qkv), attention_mask, dropout))
 
     def attention_probs(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """The attention probabilities forward's SDPA uses, written out (before attention dropout):
@@ -208,6 +262,19 @@ class Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = config.gradient_checkpointing
+        self.attention_path = config.attention_path
+        self.compile_encoder = config.compile_encoder
+        self.compiled = False
+
+    def compile_layers(self, device: torch.device) -> None:
+        """torch.compile each layer once, when compile_encoder says so (None: on CUDA only).
+        In place (`nn.Module.compile`): parameter names and state dicts are unchanged. The token
+        count is dynamic, so batches of any length share one compiled graph."""
+        if self.compiled or not (self.compile_encoder if self.compile_encoder is not None else device.type == "cuda"):
+            return
+        for layer in self.layers:
+            layer.compile(dynamic=True)
+        self.compiled = True
 
     def forward(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False
@@ -218,9 +285,10 @@ class Encoder(nn.Module):
         output_attentions: also return every layer's attention probabilities, ([B, heads, L, L],
         ...) first layer first (SelfAttention.attention_probs). They are computed only when asked,
         beside (not instead of) the layers' own attention, whose path is the same either way."""
+        self.compile_layers(hidden.device)
         packing = None
         if attention_mask is not None and attention_mask.dtype == torch.bool and attention_mask.shape[1:3] == (1, 1):
-            packing = Packing.from_key_mask(attention_mask)
+            packing = Packing.from_key_mask(attention_mask, self.attention_path)
             hidden = packing.pack(hidden)
         attentions = []
         for layer in self.layers:

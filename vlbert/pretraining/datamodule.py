@@ -29,6 +29,8 @@ class PretrainDataModule(TrainingDataModule):
         bucket_by_length: bool = True,
         seed: int = 0,
         objectives: dict | None = None,
+        max_tokens: int | None = None,
+        pad_to_multiple_of: int = 1,
     ) -> None:
         """
         Args:
@@ -44,7 +46,19 @@ class PretrainDataModule(TrainingDataModule):
             bucket_by_length: group captions of similar length into batches (less padding).
             seed: masking / negative sampling / shuffling seed.
             objectives: the model's objectives (the CLI links them; default: Objectives()).
+            max_tokens: training batches of up to this many text + region tokens (examples x the
+                longest; UNITER's dynamic batching) instead of batch_size examples; the schedule
+                counts these batches. Regions are the caption's own image's: an ITM negative
+                brings another image's count. One device only (not DDP). Validation keeps
+                val_batch_size / batch_size.
+            pad_to_multiple_of: pad each batch's text and region lengths up to a multiple of this
+                (fewer distinct shapes for compiled and cuDNN kernels; 1: no rounding).
         """
+        if max_tokens is not None and max_tokens < max_text_len + max_regions:
+            raise ValueError(f"max_tokens {max_tokens} must hold the longest example: max_text_len + max_regions "
+                             f"= {max_text_len + max_regions}")
+        if pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
         super().__init__()
         self.save_hyperparameters()
         self.objectives = Objectives(**objectives) if isinstance(objectives, dict) else (objectives or Objectives())
@@ -64,7 +78,8 @@ class PretrainDataModule(TrainingDataModule):
             pairs = load_pairs(path, hp.image_id_format)
             self.store.check_ids([p.image_id for p in pairs], f"{split} annotations {path}")
             self.datasets[split] = PretrainDataset(
-                pairs, self.store, self.tokenizer, self.objectives, hp.max_text_len, hp.max_regions, hp.seed
+                pairs, self.store, self.tokenizer, self.objectives, hp.max_text_len, hp.max_regions, hp.seed,
+                hp.pad_to_multiple_of,
             )
         if self.objectives.needs_class_probs and not self.store.has_class_probs:
             raise FeatureStoreError(
@@ -84,10 +99,15 @@ class PretrainDataModule(TrainingDataModule):
             tasks, weights = ["mix"], None
         else:
             tasks, weights = objectives.enabled(), None
+        budget = hp.max_tokens if train else None
+        if budget is not None:
+            lengths = dataset.token_lengths()
+        else:
+            lengths = dataset.text_lengths() if (train and hp.bucket_by_length) else None
+        collate = partial(collate_pretrain, pad_token_id=self.tokenizer.pad_token_id, pad_to_multiple_of=hp.pad_to_multiple_of)
         return self.task_loader(
-            dataset, partial(collate_pretrain, pad_token_id=self.tokenizer.pad_token_id), train,
-            batch_size=hp.batch_size if train else (hp.val_batch_size or hp.batch_size), tasks=tasks, weights=weights,
-            lengths=dataset.text_lengths() if (train and hp.bucket_by_length) else None,
+            dataset, collate, train, batch_size=hp.batch_size if train else (hp.val_batch_size or hp.batch_size),
+            tasks=tasks, weights=weights, lengths=lengths, max_tokens=budget,
         )
 
     def train_dataloader(self) -> DataLoader:

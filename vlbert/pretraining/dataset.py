@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from vlbert.data.annotations import CaptionPair
 from vlbert.errors import InputError
-from vlbert.data.collate import cat_rows, collate_inputs, fresh_memory_is_zeroed, new_tensors, pad_stack, torch_dtype
+from vlbert.data.collate import cat_rows, collate_inputs, fresh_memory_is_zeroed, new_tensors, pad_stack, round_up, torch_dtype
 from vlbert.data.regions import box_locations
 from vlbert.data.samplers import EXAMPLE_POSITION_KEY, key_position, put_batch_position
 from vlbert.featstore import FeatureStore, RegionRecord
@@ -57,12 +57,15 @@ class PretrainDataset(Dataset):
         max_text_len: int = 40,
         max_regions: int = 100,
         seed: int = 0,
+        pad_to_multiple_of: int = 1,
     ) -> None:
+        """pad_to_multiple_of: as collate_pretrain's (the batched read pads its region features so)."""
         self.pairs = list(pairs)
         self.store = store
         self.objectives = objectives
         self.max_regions = max_regions
         self.seed = seed
+        self.pad_to_multiple_of = pad_to_multiple_of
         weights = objectives.weights()
         roles = {"itm": weights["itm"], "text": weights["mlm"], "image": sum(weights[t] for t in REGION_TASKS)}
         self.roles = [role for role, weight in roles.items() if weight > 0]
@@ -83,6 +86,11 @@ class PretrainDataset(Dataset):
     def text_lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
+    def token_lengths(self) -> list[int]:
+        """Text + region tokens of each caption with its own image (token budgets)."""
+        regions = {image_id: min(self.store.num_boxes(image_id), self.max_regions) for image_id in self.image_ids}
+        return [len(ids) + regions[pair.image_id] for ids, pair in zip(self.input_ids, self.pairs)]
+
     def __getitem__(self, key: tuple[int, str, int] | tuple[int, str, int, int] | int) -> dict:
         plan = self._plan(key)
         return self._example(plan, self.store[plan.image_id])
@@ -97,7 +105,7 @@ class PretrainDataset(Dataset):
         if not plans or None in raw or len({dtype for _, dtype in raw}) > 1:
             return [self._example(plan, self.store[plan.image_id]) for plan in plans]
         counts = [min(n, self.max_regions) for n, _ in raw]
-        shape = (len(plans), max(counts), self.store.feature_dim)
+        shape = (len(plans), round_up(max(counts), self.pad_to_multiple_of), self.store.feature_dim)
         features = new_tensors({"region_features": (shape, torch_dtype(np.empty(0, raw[0][1])))})["region_features"]
         rows = features.numpy()
         examples = BatchExamples()
@@ -179,8 +187,9 @@ class PretrainDataset(Dataset):
         return self.image_ids[pick + (pick >= own)]
 
 
-def collate_pretrain(examples: list[dict], pad_token_id: int = 0) -> dict:
-    """Pad a list of examples into a batch; masked-region targets are concatenated [M, ...].
+def collate_pretrain(examples: list[dict], pad_token_id: int = 0, pad_to_multiple_of: int = 1) -> dict:
+    """Pad a list of examples into a batch (text and region lengths rounded up to a multiple of
+    `pad_to_multiple_of`); masked-region targets are concatenated [M, ...].
     Region targets and class distributions keep their stored dtype (float16): the losses compute
     in float32.
 
@@ -195,8 +204,8 @@ def collate_pretrain(examples: list[dict], pad_token_id: int = 0) -> dict:
     index in it). They are for exact resume, not model inputs: the datamodule removes them in
     `on_before_batch_transfer`."""
     batch_size = len(examples)
-    text_len = max(len(e["mlm_labels"]) for e in examples)
-    regions = max(len(e["region_masked"]) for e in examples)
+    text_len = round_up(max(len(e["mlm_labels"]) for e in examples), pad_to_multiple_of)
+    regions = round_up(max(len(e["region_masked"]) for e in examples), pad_to_multiple_of)
     cat = {"region_targets": [e["region_targets"] for e in examples]}
     for key in ("region_labels", "region_probs"):
         if all(key in e for e in examples):
@@ -205,7 +214,8 @@ def collate_pretrain(examples: list[dict], pad_token_id: int = 0) -> dict:
     masked_regions = [np.flatnonzero(e["region_masked"]) for e in examples]
     itm_examples = [i for i, e in enumerate(examples) if e["itm_label"] != IGNORE_INDEX]
     num_text, num_regions = sum(map(len, text_targets)), sum(map(len, masked_regions))
-    batch = collate_inputs(examples, pad_token_id, region_features=getattr(examples, "region_features", None), extra={
+    batch = collate_inputs(examples, pad_token_id, region_features=getattr(examples, "region_features", None),
+                           pad_to_multiple_of=pad_to_multiple_of, extra={
         "mlm_labels": ((batch_size, text_len), torch.long),
         "region_masked": ((batch_size, regions), torch.bool),
         "itm_labels": ((batch_size,), torch.long),

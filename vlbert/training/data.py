@@ -37,10 +37,13 @@ class TrainingDataModule(L.LightningDataModule):
         tasks: Sequence[str],
         weights: Sequence[float] | None = None,
         lengths: Sequence[int] | None = None,
+        max_tokens: int | None = None,
     ) -> DataLoader:
         """Batches of (index, task, epoch[, position]) keys from TaskBatchSampler (hparams `seed` and
         `num_workers`): for training shuffled per epoch and starting where a resumed run left off;
-        otherwise every task's batches of epoch 0's examples, the same at every evaluation."""
+        otherwise every task's batches of epoch 0's examples, the same at every evaluation.
+        max_tokens: batches of up to this many tokens (`lengths` per example) instead of
+        `batch_size` examples."""
         seed, workers = self.hparams.seed, self.hparams.num_workers
         resume: dict = {}
         if train:  # a resumed run's position, once: a later training loader starts afresh
@@ -48,7 +51,7 @@ class TrainingDataModule(L.LightningDataModule):
         batch_sampler = TaskBatchSampler(
             EpochSampler(len(dataset), shuffle=train, seed=seed), batch_size=batch_size, drop_last=False,
             tasks=tasks, weights=weights, every_task=not train, lengths=lengths, seed=seed,
-            resume_epoch=resume.get("epoch", -1), resume_batches=resume.get("batches", 0),
+            resume_epoch=resume.get("epoch", -1), resume_batches=resume.get("batches", 0), max_tokens=max_tokens,
         )
         return DataLoader(
             dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate_fn,
