@@ -11,7 +11,7 @@ memory (Private_Clean + Private_Dirty of /proc/self/smaps_rollup: pages it does 
 parent), against a worker that read nothing. `dict_index_mb` is what the index of vlbert <= 0.2 (a
 dict of str ids to tuples) costs in memory, built here the same way, for comparison.
 
-    python bench/store_scale.py                      # 1M ids, ~20 min to write on 2 cores, ~4.5 GB
+    python bench/store_scale.py                      # 1M ids: written once (~4.5 GB, tens of minutes), then reused
     python bench/store_scale.py --images 100000      # a quick look
 """
 from __future__ import annotations
@@ -40,22 +40,33 @@ def image_id(i: int) -> str:
     return f"COCO_train2014_{i:012d}"  # COCO-like ids: 27 characters
 
 
+def _write(paths: list[Path], images: int, dim: int) -> None:
+    """Image i goes to paths[i % len(paths)]."""
+    features = np.ones((4, dim), np.float16)
+    boxes = np.tile(np.float32([[0, 0, 8, 8]]), (4, 1))
+    writers = [FeatureWriter(path, dim, overwrite=True) for path in paths]
+    for i in range(images):
+        writers[i % len(writers)].add(RegionRecord(image_id(i), features * (i % 7), boxes, 8, 8))
+    for writer in writers:
+        writer.close()
+
+
 def write_stores(root: Path, images: int, shards: int, dim: int) -> tuple[Path, Path]:
-    """One file and a folder of `shards` files with the same records (written once, then reused)."""
+    """One file and a folder of `shards` files with the same records (written once, then reused;
+    the two in parallel processes)."""
     single, folder = root / f"single_{images}.h5", root / f"shards_{images}_{shards}"
     if single.exists() and folder.is_dir() and len(list(folder.glob("*.h5"))) == shards:
         return single, folder
     folder.mkdir(parents=True, exist_ok=True)
-    features = np.ones((4, dim), np.float16)
-    boxes = np.tile(np.float32([[0, 0, 8, 8]]), (4, 1))
-    writers = [FeatureWriter(folder / f"feats.shard{s:05d}-of-{shards:05d}.h5", dim, overwrite=True) for s in range(shards)]
-    with FeatureWriter(single, dim, overwrite=True) as whole:
-        for i in range(images):
-            record = RegionRecord(image_id(i), features * (i % 7), boxes, 8, 8)
-            whole.add(record)
-            writers[i % shards].add(record)
-    for writer in writers:
-        writer.close()
+    context = mp.get_context("fork")
+    jobs = [context.Process(target=_write, args=([single], images, dim)),
+            context.Process(target=_write, args=([folder / f"feats.shard{s:05d}-of-{shards:05d}.h5" for s in range(shards)], images, dim))]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+        if job.exitcode != 0:
+            raise SystemExit(f"writing the stores failed (exit {job.exitcode})")
     return single, folder
 
 
