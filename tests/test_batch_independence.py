@@ -24,13 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 SIZES = [(80, 60), (60, 90), (120, 40), (64, 64), (100, 75), (50, 110), (90, 90), (70, 50)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:

@@ -17,13 +17,6 @@ from vlbert.features.extract import extract
 SIZES = [(80, 60), (60, 90), (120, 40)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def settings(**overrides):
     values = dict(backend="grid", model="resnet18", weights="none", min_size=128, max_size=256, grid_size=3,

@@ -17,13 +17,6 @@ SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, interme
 SIZES = [(80, 60), (60, 90), (120, 40)]  # within min_size / max_size: decoding leaves them as they are
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def save_model(folder: Path, kind: str) -> Path:
     """A random model of `kind` and its image processor in `folder` (what from_pretrained reads)."""
