@@ -6,7 +6,6 @@ from functools import partial
 
 from torch.utils.data import DataLoader
 
-from vlbert.data.tokenizer import load_tokenizer
 from vlbert.featstore import FeatureStore
 from vlbert.modeling.caption import CAPTION_OBJECTIVES
 from vlbert.training.data import TrainingDataModule
@@ -94,9 +93,7 @@ class CaptionDataModule(TrainingDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         self._stage = stage
-        if self.store is None:
-            self.tokenizer = load_tokenizer(hp.tokenizer)
-            self.store = FeatureStore(hp.features)
+        self.open_inputs()
         # every split the stage needs is read and checked against the feature store before any work
         for name in STAGE_SPLITS.get(stage, ("train", "val", "test")):
             self._load(name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torch.utils.data import DataLoader
 
-from vlbert.data.tokenizer import load_tokenizer
 from vlbert.errors import InputError
 from vlbert.featstore import FeatureStore
 from vlbert.training.data import TrainingDataModule
@@ -111,9 +110,7 @@ class RetrievalDataModule(TrainingDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         self._stage = stage
-        if self.store is None:
-            self.tokenizer = load_tokenizer(hp.tokenizer)
-            self.store = FeatureStore(hp.features)
+        self.open_inputs()
         # Every split the stage needs is read and checked against the feature store up front.
         if stage in ("fit", None):
             self._load("train")

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vlbert.data.tokenizer import load_tokenizer
 from vlbert.errors import InputError
 from vlbert.featstore import FeatureStore
 from vlbert.tasks.vqa.answers import AnswerVocab
@@ -125,9 +124,7 @@ class VQADataModule(TrainingDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
-        if self.store is None:
-            self.tokenizer = load_tokenizer(hp.tokenizer)
-            self.store = FeatureStore(hp.features)
+        self.open_inputs()
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         # Each stage loads the splits it needs (fit then test on one datamodule loads test then).
         for split in needed.get(stage, SPLITS):

@@ -6,8 +6,7 @@ from functools import partial
 from torch.utils.data import DataLoader
 
 from vlbert.data.annotations import load_pairs
-from vlbert.data.tokenizer import load_tokenizer
-from vlbert.featstore import FeatureStore, FeatureStoreError
+from vlbert.featstore import FeatureStoreError
 from vlbert.pretraining.dataset import PretrainDataset, collate_pretrain
 from vlbert.pretraining.objectives import Objectives
 from vlbert.training.data import TrainingDataModule
@@ -69,8 +68,7 @@ class PretrainDataModule(TrainingDataModule):
         if self.store is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.tokenizer)
-        self.store = FeatureStore(hp.features)
+        self.open_inputs()
         self.datasets = {}
         for split, path in (("train", hp.train_annotations), ("val", hp.val_annotations)):
             if path is None:

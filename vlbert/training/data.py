@@ -15,6 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vlbert.data.samplers import EpochSampler, TaskBatchSampler, consumed_state, take_batch_position
+from vlbert.data.tokenizer import load_tokenizer
+from vlbert.featstore import FeatureStore
 
 
 class TrainingDataModule(L.LightningDataModule):
@@ -22,6 +24,13 @@ class TrainingDataModule(L.LightningDataModule):
     tokenizer = None
     _consumed: dict | None = None
     _resume: dict | None = None
+
+    def open_inputs(self) -> None:
+        """The tokenizer and the feature store of hparams `tokenizer` / `features`, once (`setup` runs
+        before the trainer starts and again in Lightning's setup)."""
+        if self.store is None:
+            self.tokenizer = load_tokenizer(self.hparams.tokenizer)
+            self.store = FeatureStore(self.hparams.features)
 
     @property
     def feature_header(self) -> dict:
