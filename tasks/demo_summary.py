@@ -5,6 +5,7 @@
     demo_out/pretrain_metrics.png held-out pretraining metrics, untrained vs pretrained
     demo_out/vqa_accuracy.png     VQA accuracy, pretrained vs from scratch on 10% of the questions
     demo_out/retrieval_recall.png recall@1/5/10 both ways, before vs after fine-tuning, chance marked
+    (summary.md also tables pretrained against from scratch at equal fine-tuning steps, with the gains)
     demo_out/caption_scores.png   caption CIDEr / BLEU-4 / ROUGE-L, before and after fine-tuning, pretrained vs scratch
     demo_out/pretrain_curves.png  the pretraining run's curves (`vlbert plot`), when it has logs
 """
@@ -34,6 +35,8 @@ def write_summary(results: dict, out_dir: str | Path) -> Path:
         lines += _vqa_section(results["vqa"], out_dir)
     if "retrieval" in results:
         lines += _retrieval_section(results["retrieval"], out_dir)
+    if "equal_budget" in results:
+        lines += _equal_budget_section(results["equal_budget"])
     if "caption" in results:
         lines += _caption_section(results["caption"], out_dir)
     path = out_dir / "summary.md"
@@ -123,6 +126,18 @@ def _retrieval_section(retrieval: dict, out_dir: Path) -> list[str]:
         ax.set_title(f"Retrieval, {title}")
     _save(figure, out_dir / "retrieval_recall.png")
     return lines + ["![retrieval recall before and after fine-tuning, chance dashed](retrieval_recall.png)", ""]
+
+
+EQUAL_BUDGET_NAMES = {"vqa_10pct": "VQA accuracy, 10% of the questions", "vqa_all": "VQA accuracy, all questions",
+                      "retrieval_i2t_r1": "retrieval image → text R@1", "retrieval_t2i_r1": "retrieval text → image R@1"}
+
+
+def _equal_budget_section(comparison: dict) -> list[str]:
+    """Pretrained against from scratch, the same fine-tuning steps and seed: what pretraining buys."""
+    lines = ["## Pretraining against from scratch: equal fine-tuning steps and seed (test split, %)", ""]
+    rows = [[EQUAL_BUDGET_NAMES.get(k, k), p.get("from_scratch"), p.get("pretrained"), p.get("gain")]
+            for k, p in comparison.items()]
+    return lines + _table(["metric", "from scratch", "pretrained", "gain (points)"], rows)
 
 
 def _caption_section(caption: dict, out_dir: Path) -> list[str]:
