@@ -26,7 +26,11 @@ def test_rows_are_cumulative_and_tags_row_is_overrides_only():
         ablation.parse_rows("mlm,nope")
 
 
-def test_ablation_end_to_end(tiny_world, tmp_path, capsys):
+def test_ablation_end_to_end(tiny_world, tmp_path, capsys, monkeypatch):
+    import logging
+
+    lightning_log = logging.getLogger("lightning.pytorch")
+    monkeypatch.setattr(lightning_log, "level", lightning_log.level)  # main() quiets Lightning for the process
     rows = "none,mlm,+wra"
     ablation.main(["--world", str(tiny_world.root), "--out", str(tmp_path), "--rows", rows, "--seeds", "1",
                    "--pretrain-steps", "2", "--vqa-steps", "2", "--retrieval-steps", "2"])
