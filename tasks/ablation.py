@@ -57,16 +57,15 @@ def pretrain(world, run_dir: Path, steps: int, seed: int, overrides: list[str]) 
     from vlbert.pretraining.cli import PretrainCLI
     from vlbert.pretraining.datamodule import PretrainDataModule
     from vlbert.pretraining.module import PretrainModule
+    from vlbert.pretraining.objectives import COMPANIONS, TASKS
     from vlbert.tasks.demo import pretrain_args
 
-    args = pretrain_args(world, str(world.features_path), run_dir, steps, 64, 36, True)
+    args = pretrain_args(world, str(world.features_path), run_dir, steps, world.feature_dim, world.num_classes, True)
     args += ["--seed_everything", str(seed), "--data.num_workers", "0", *overrides]
     cli = PretrainCLI(PretrainModule, PretrainDataModule, args=args, run=False, save_config_kwargs={"overwrite": True})
     cli.trainer.fit(cli.model, cli.datamodule)
     objectives = cli.model.objectives
-    weights = {**objectives.weights(), "wra": float(objectives.wra)}
-    if hasattr(objectives, "tag_contrastive"):
-        weights["tag_contrastive"] = float(objectives.tag_contrastive)
+    weights = {name: float(getattr(objectives, name)) for name in (*TASKS, *COMPANIONS)}
     return {"export": str(cli.model.export_dir), "objectives": {k: v for k, v in weights.items() if v > 0}}
 
 
@@ -82,10 +81,11 @@ def run_row(world, out: Path, row: str, seed: int, steps: dict[str, int], train_
         pre = pretrain(world, run / "pretrain", steps["pretrain"], seed, pre_overrides)
         init, result["objectives"] = pre["export"], pre["objectives"]
     seeds = ["--seed_everything", str(seed), "--data.num_workers", "0"]
-    vqa = vqa_args(world, str(world.features_path), run / "vqa", init, 64, train_fraction, steps["vqa"])
+    vqa = vqa_args(world, str(world.features_path), run / "vqa", init, world.feature_dim, train_fraction, steps["vqa"])
     result["vqa_acc"] = run_vqa(vqa + seeds + ["--data.seed", str(seed), *vqa_overrides])["vqa_acc"]
     if steps["retrieval"] > 0:
-        ret = run_retrieval(retrieval_args(world, str(world.features_path), run / "retrieval", init, steps["retrieval"]) + seeds)
+        ret = run_retrieval(retrieval_args(world, str(world.features_path), run / "retrieval", init, steps["retrieval"],
+                                           world.feature_dim) + seeds, before=False)
         result["i2t_r1"], result["t2i_r1"] = ret["finetuned"]["i2t_r1"], ret["finetuned"]["t2i_r1"]
     return result
 

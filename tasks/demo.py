@@ -177,15 +177,16 @@ def retrieval_args(
     ]
 
 
-def run_retrieval(args: list[str]) -> dict:
-    """Test recall before and after fine-tuning, with the chance level of the test split."""
+def run_retrieval(args: list[str], before: bool = True) -> dict:
+    """Test recall before (unless `before` is false: the untrained scoring of every test pair is as
+    costly as the trained one's) and after fine-tuning, with the chance level of the test split."""
     from vlbert.tasks.retrieval.cli import RetrievalCLI
     from vlbert.tasks.retrieval.datamodule import RetrievalDataModule
     from vlbert.tasks.retrieval.metric import chance_recall
     from vlbert.tasks.retrieval.module import RetrievalModule
 
     cli = RetrievalCLI(RetrievalModule, RetrievalDataModule, args=args, run=False, save_config_kwargs={"overwrite": True})
-    before = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+    untrained = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0] if before else None
     cli.trainer.fit(cli.model, cli.datamodule)
     after = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
     split = cli.datamodule.splits["test"]
@@ -197,7 +198,7 @@ def run_retrieval(args: list[str]) -> dict:
     return {
         "test_images": split.num_images,
         "test_captions": split.num_captions,
-        "before_finetuning": pick(before),
+        **({"before_finetuning": pick(untrained)} if untrained is not None else {}),
         "finetuned": pick(after),
         "chance": {k: round(v, 2) for k, v in chance.items() if k in REPORTED},
         "pairs_per_second": round(float(after["test/pairs_per_second"]), 1),
