@@ -70,11 +70,23 @@ def pretrain(world, run_dir: Path, steps: int, seed: int, overrides: list[str]) 
 
 
 def run_row(world, out: Path, row: str, seed: int, steps: dict[str, int], train_fraction: float) -> dict:
-    """One row at one seed: pretraining (unless "none"), VQA at `train_fraction`, retrieval."""
+    """One row at one seed: pretraining (unless "none"), VQA at `train_fraction`, retrieval.
+
+    The result is kept in the run's result.json with what produced it, so a rerun (after a crash,
+    or with more rows or seeds) reuses finished runs instead of repeating minutes of training.
+    """
     from vlbert.tasks.demo import retrieval_args, run_retrieval, run_vqa, vqa_args
 
     pre_overrides, vqa_overrides = ROWS[row]
     run = out / row.replace("+", "plus_") / f"seed{seed}"
+    recipe = {"world": str(Path(world.root).resolve()), "steps": steps, "train_fraction": train_fraction,
+              "pretrain": pre_overrides, "vqa": vqa_overrides}
+    saved = run / "result.json"
+    if saved.exists():
+        kept = json.loads(saved.read_text())
+        if kept.get("recipe") == recipe:
+            print(f"[ablation] {row} seed {seed}: reusing {saved}", flush=True)
+            return kept["result"]
     result: dict = {"objectives": {}}
     init = None
     if pre_overrides is not None:
@@ -87,6 +99,7 @@ def run_row(world, out: Path, row: str, seed: int, steps: dict[str, int], train_
         ret = run_retrieval(retrieval_args(world, str(world.features_path), run / "retrieval", init, steps["retrieval"],
                                            world.feature_dim) + seeds, before=False)
         result["i2t_r1"], result["t2i_r1"] = ret["finetuned"]["i2t_r1"], ret["finetuned"]["t2i_r1"]
+    saved.write_text(json.dumps({"recipe": recipe, "result": result}, indent=1))
     return result
 
 

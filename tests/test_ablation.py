@@ -42,3 +42,11 @@ def test_ablation_end_to_end(tiny_world, tmp_path, capsys, monkeypatch):
     table = (tmp_path / "ablation.md").read_text().splitlines()
     assert table[0].startswith("| row | objectives | VQA acc (10% labels)") and len(table) == 2 + 3
     assert table[2].startswith("| none | no pretraining |")
+
+    # a rerun with one more row reuses the finished runs and trains only the new one
+    ablation.main(["--world", str(tiny_world.root), "--out", str(tmp_path), "--rows", rows + ",mlm+itm", "--seeds", "1",
+                   "--pretrain-steps", "2", "--vqa-steps", "2", "--retrieval-steps", "2"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert sum("reusing" in line for line in out) == 3
+    again = json.loads(out[-1])["rows"]
+    assert {k: again[k] for k in result["rows"]} == result["rows"] and set(again["mlm+itm"]["objectives"]) == {"mlm", "itm"}
