@@ -16,7 +16,8 @@ records by their encoding's dtype / shape / bytes, npz records with np.load(allo
 
 Stored: features; boxes = norm_bb x1 y1 x2 y2 times the image size (`--image-sizes`, else a
 nominal 1024 x 1024 on which boxes / image size give back norm_bb exactly); scores = conf;
-class_probs = soft_labels (num_classes = its width). Image ids are the keys without ``.npz``. All
+class_probs = soft_labels (num_classes = its width); class_names from ``--class-names`` (the 1600 VG
+names of objects_vocab.txt get ``__background__`` first). Image ids are the keys without ``.npz``. All
 rows of a record are kept (UNITER's `all` databases hold every box and pick 10-100 by confidence
 when reading; here max_regions does that cut in training).
 
@@ -34,6 +35,7 @@ from typing import Iterator
 import numpy as np
 
 from vlbert.featstore import FeatureStoreError, FeatureWriter, RegionRecord
+from vlbert.features.names import fitted, names_provenance, read_unique_names
 from vlbert.features.provenance import run_info
 from vlbert.features.published import NOMINAL_SIZE, TsvError, image_size
 
@@ -160,8 +162,11 @@ def import_uniter_lmdb(
     dtype: str = "float16",
     model: str = "UNITER bottom-up Faster R-CNN R101 VG (published LMDB)",
     overwrite: bool = False,
+    class_names: str | os.PathLike | None = None,
 ) -> int:
-    """Convert one UNITER image LMDB into a feature file; returns the number of images written."""
+    """Convert one UNITER image LMDB into a feature file; returns the number of images written.
+    `class_names`: the detector's vocabulary file, read before the database is opened."""
+    names = read_unique_names(class_names, "--class-names", TsvError) if class_names is not None else None
     database = find_database(Path(path))
     records = database_records(database)
     first = next(records, None)
@@ -171,6 +176,9 @@ def import_uniter_lmdb(
     feature_dim = int(first_arrays["features"].shape[-1]) if "features" in first_arrays else 0
     soft_labels = first_arrays.get("soft_labels")
     num_classes = int(soft_labels.shape[-1]) if soft_labels is not None else 0
+    added = None
+    if names is not None:
+        names, added = _fitted_names(names, num_classes, class_names, database)
     provenance = {
         "backend": "import-uniter-lmdb",
         "model": model,
@@ -181,7 +189,10 @@ def import_uniter_lmdb(
                      "image_size": "--image-sizes" if image_sizes else f"nominal {NOMINAL_SIZE}x{NOMINAL_SIZE}"},
         "run": run_info(source_files=[database.name]),
     }
-    writer = FeatureWriter(output, max(feature_dim, 1), num_classes, provenance, dtype=dtype, overwrite=overwrite)
+    if names is not None:
+        provenance["classes"]["names"] = names_provenance(class_names, added)
+    writer = FeatureWriter(output, max(feature_dim, 1), num_classes, provenance, dtype=dtype, overwrite=overwrite,
+                           class_names=names)
     try:
         for index, (key, raw) in enumerate(_chain(first, records)):
             where = f"{database}: record {key!r}"
@@ -196,6 +207,16 @@ def import_uniter_lmdb(
         raise
     writer.close()
     return writer.count
+
+
+def _fitted_names(names: list[str], num_classes: int, path: str | os.PathLike,
+                  database: Path) -> tuple[list[str], int | None]:
+    """Names of the soft_labels columns, background first: objects_vocab.txt's 1600 VG names get
+    __background__ at column 0, as UNITER's 1601 columns have it."""
+    if not num_classes:
+        raise TsvError(f"--class-names {path}: the records of {database} have no soft_labels, so there are no "
+                       "classes to name; drop --class-names")
+    return fitted(names, num_classes, 0, path, "--class-names", TsvError)
 
 
 def _chain(first: tuple[str, bytes], rest: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:

@@ -10,7 +10,8 @@ files, one image per line, arrays base64-encoded raw little-endian bytes:
 image_id image_w image_h num_boxes boxes features. The column layout is recognised from the
 number of columns, or given with --fields. Detector labels (objects_id) are kept as `labels`
 so region classification can use them, objects_conf as `scores`, attrs_id / attrs_conf as
-`attributes` / `attribute_scores`; the files carry no full class distribution.
+`attributes` / `attribute_scores`; the files carry no full class distribution and no class names
+(`--class-names objects_vocab.txt` stores them).
 
 The writers of these files used Python's csv module (csv.DictWriter, delimiter '\t'), which
 quotes a field holding a tab, a double quote or a line break (an odd image id); lines are read
@@ -32,6 +33,7 @@ import numpy as np
 
 from vlbert.featstore import FeatureStoreError, FeatureWriter, RegionRecord
 from vlbert.features.lmdb_import import import_uniter_lmdb
+from vlbert.features.names import fitted, names_provenance, read_unique_names
 from vlbert.features.provenance import run_info
 from vlbert.features.published import NOMINAL_SIZE, TsvError, load_image_sizes
 from vlbert.features.vinvl import import_vinvl
@@ -180,14 +182,22 @@ def import_tsv(
     model: str = "bottom-up-attention Faster R-CNN (published TSV features)",
     fields: Sequence[str] | None = None,
     overwrite: bool = False,
+    class_names: str | os.PathLike | None = None,
 ) -> int:
-    """Convert TSV files into one feature file; returns the number of images written."""
+    """Convert TSV files into one feature file; returns the number of images written. `class_names`:
+    the detector's vocabulary file, checked before any input is read."""
     inputs = [Path(p) for p in inputs]
+    if class_names is not None and num_classes is None:
+        num_classes = VG_OBJECT_CLASSES
+    names = _class_names(class_names, num_classes) if class_names is not None else None
     first = next(read_tsv(inputs[0], fields), None)
     if first is None:
         raise TsvError(f"{inputs[0]} has no records")
     feature_dim = int(first.features.shape[1])
     has_labels = first.objects_id is not None
+    if names is not None and not has_labels:
+        raise TsvError(f"--class-names {class_names}: {inputs[0]} has no objects_id column, so there are no "
+                       "labels to name; drop --class-names")
     if num_classes is None:
         num_classes = VG_OBJECT_CLASSES if has_labels else 0
     provenance = {
@@ -201,7 +211,10 @@ def import_tsv(
         "settings": {"fields": list(fields) if fields else "auto", "dtype": dtype},
         "run": run_info(source_files=[p.name for p in inputs]),
     }
-    writer = FeatureWriter(output, feature_dim, num_classes, provenance, dtype=dtype, overwrite=overwrite)
+    if names is not None:
+        provenance["classes"]["names"] = names_provenance(class_names)
+    writer = FeatureWriter(output, feature_dim, num_classes, provenance, dtype=dtype, overwrite=overwrite,
+                           class_names=names)
     try:
         for path in inputs:
             for record in read_tsv(path, fields):
@@ -227,6 +240,15 @@ def import_tsv(
     return writer.count
 
 
+def _class_names(path: str | os.PathLike, num_classes: int) -> list[str]:
+    """The names of objects_id 0..num_classes-1: bottom-up TSVs number the object classes without the
+    background (generate_tsv.py takes the argmax over the classes after it), so none is added."""
+    names = read_unique_names(path, "--class-names", TsvError)
+    fix = (f"give the detector's {num_classes} object names in objects_id order (bottom-up-attention's "
+           "objects_vocab.txt for its VG model), or set --num-classes to the number of names")
+    return fitted(names, num_classes, None, path, "--class-names", TsvError, fix)[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vlbert import-tsv",
@@ -244,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fields", help="comma-separated column names when the layout is not the usual one")
     parser.add_argument("--predictions", help="vinvl: the predictions.tsv / label.tsv of the features")
     parser.add_argument("--labelmap", help="vinvl: the detector's labelmap JSON (label_to_idx, attribute_to_idx)")
+    parser.add_argument("--class-names", metavar="FILE", help="bottom-up, uniter-lmdb: the detector's class names, a UTF-8 text "
+                                              "file, one per line in class-id order (bottom-up-attention's "
+                                              "objects_vocab.txt), stored as the file's class_names")
     parser.add_argument("--image-sizes", help="vinvl, uniter-lmdb: image sizes, a JSON {id: [w, h]} or VinVL's "
                                               f"hw.tsv (default: from the predictions, else {NOMINAL_SIZE}x{NOMINAL_SIZE})")
     parser.add_argument("--overwrite", action="store_true")
@@ -261,6 +286,9 @@ def _run(args: argparse.Namespace) -> int:
     """Dispatch to the importer of args.format, refusing options that do not apply to it."""
     if args.format != "vinvl" and (args.predictions or args.labelmap):
         raise TsvError("--predictions and --labelmap are for --format vinvl")
+    if args.format == "vinvl" and args.class_names:
+        raise TsvError(f"--class-names {args.class_names} is for --format bottom-up and uniter-lmdb; "
+                       "--format vinvl takes the detector's labelmap JSON: --labelmap FILE")
     if args.format != "bottom-up" and (args.fields or args.num_classes is not None):
         raise TsvError(f"--fields and --num-classes are for --format bottom-up; {args.format} files say their own")
     if args.format == "bottom-up" and args.image_sizes:
@@ -273,10 +301,12 @@ def _run(args: argparse.Namespace) -> int:
         return import_vinvl(args.inputs[0], args.output, args.predictions, args.labelmap, sizes, args.dtype,
                             overwrite=args.overwrite, **model)
     if args.format == "uniter-lmdb":
-        return import_uniter_lmdb(args.inputs[0], args.output, sizes, args.dtype, overwrite=args.overwrite, **model)
+        return import_uniter_lmdb(args.inputs[0], args.output, sizes, args.dtype, overwrite=args.overwrite,
+                                  class_names=args.class_names, **model)
     fields = args.fields.split(",") if args.fields else None
     return import_tsv(args.inputs, args.output, args.num_classes, args.dtype,
-                      args.model or "bottom-up-attention Faster R-CNN (published TSV features)", fields, args.overwrite)
+                      args.model or "bottom-up-attention Faster R-CNN (published TSV features)", fields, args.overwrite,
+                      class_names=args.class_names)
 
 
 if __name__ == "__main__":

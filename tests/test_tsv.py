@@ -206,3 +206,60 @@ def test_options_of_other_formats_are_refused(tmp_path, capsys):
     assert "--predictions and --labelmap are for --format vinvl" in capsys.readouterr().err
     assert main([str(tsv), "--output", str(tmp_path / "a.h5"), "--image-sizes", "hw.tsv"]) == 2
     assert "bottom-up TSVs store the image size" in capsys.readouterr().err
+
+
+def write_vocab(path: Path, names: list[str]) -> Path:
+    path.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+    return path
+
+
+VG_NAMES = [f"object {i}" for i in range(1600)]
+
+
+def test_class_names_file_round_trips_into_the_store(tmp_path):
+    tsv = write_tsv(tmp_path / "coco.tsv", make_rows(2), FULL)
+    vocab = write_vocab(tmp_path / "objects_vocab.txt", ["Stop Sign,stopsign", *VG_NAMES[1:]])
+    out = tmp_path / "coco.h5"
+    assert main([str(tsv), "--output", str(out), "--class-names", str(vocab)]) == 0
+    store = FeatureStore(out)
+    assert store.class_names == ["stop sign", *VG_NAMES[1:]]  # index = objects_id: no background added
+    assert store.provenance["classes"]["names"]["file"] == "objects_vocab.txt"
+
+
+BAD_NAMES = {
+    "one short": (VG_NAMES[1:], r"has 1599 names for 1600 classes; these ids have no background class, so no "
+                                r"background name should be added"),
+    "background first": (["__background__", *VG_NAMES], r"has 1601 names for 1600 classes; its first line is "
+                                                         r"__background__.*drop that line"),
+    "too few": (VG_NAMES[:10], r"has 10 names for 1600 classes; give the detector's 1600 object names"),
+    "duplicate": (["man", *VG_NAMES[:-2], "man"], r"repeats 'man'; each class needs its own name"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_NAMES))
+def test_a_class_names_file_that_does_not_fit_is_refused_before_reading(tmp_path, capsys, case):
+    names, message = BAD_NAMES[case]
+    vocab = write_vocab(tmp_path / "vocab.txt", names)
+    missing_input = tmp_path / "not-read.tsv"  # names are checked before any input is opened
+    out = tmp_path / "out.h5"
+    assert main([str(missing_input), "--output", str(out), "--class-names", str(vocab)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.match(rf"vlbert import-tsv: error: --class-names: {re.escape(str(vocab))} {message}",
+                                      err[0]), err
+    assert not out.exists() and not out.with_name("out.h5.tmp").exists()
+
+
+def test_a_missing_class_names_file_and_vinvl_are_refused(tmp_path, capsys):
+    tsv = write_tsv(tmp_path / "a.tsv", make_rows(1), FULL)
+    out = tmp_path / "a.h5"
+    assert main([str(tsv), "--output", str(out), "--class-names", str(tmp_path / "nope.txt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--class-names: cannot read {tmp_path / 'nope.txt'}" in err[0], err
+    vocab = write_vocab(tmp_path / "vocab.txt", VG_NAMES)
+    assert main([str(tsv), "--output", str(out), "--format", "vinvl", "--class-names", str(vocab)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--format vinvl takes the detector's labelmap JSON: --labelmap FILE" in err[0], err
+    legacy = write_tsv(tmp_path / "legacy.tsv", make_rows(1), LEGACY)
+    assert main([str(legacy), "--output", str(out), "--class-names", str(vocab)]) == 2
+    assert "has no objects_id column, so there are no labels to name" in capsys.readouterr().err
+    assert not out.exists() and not out.with_name("a.h5.tmp").exists()

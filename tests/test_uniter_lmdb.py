@@ -2,6 +2,7 @@
 imported array by array."""
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,42 @@ def test_pickled_and_foreign_records_are_refused(tmp_path, images, capsys):
     assert len(err) == 1 and "record 'x.npz': norm_bb columns 4-5 are not x2 - x1, y2 - y1" in err[0], err
     assert vlbert(["import-tsv", "--format", "uniter-lmdb", str(tmp_path), "--output", str(tmp_path / "c.h5")]) == 2
     assert "holds no LMDB" in capsys.readouterr().err
+
+
+def write_vocab(path: Path, names: list[str]) -> Path:
+    path.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+    return path
+
+
+def test_class_names_get_the_background_first_as_soft_labels_have_it(tmp_path, images):
+    folder = write_img_db(tmp_path / "db", images, compress=False)
+    vocab = write_vocab(tmp_path / "objects_vocab.txt", [f"object {i}" for i in range(CLASSES - 1)])
+    out = tmp_path / "out.h5"
+    assert vlbert(["import-tsv", "--format", "uniter-lmdb", str(folder), "--class-names", str(vocab),
+                   "--output", str(out)]) == 0
+    store = FeatureStore(out)
+    assert store.class_names == ["__background__"] + [f"object {i}" for i in range(CLASSES - 1)]
+    assert store.provenance["classes"]["names"] == {
+        "file": "objects_vocab.txt", "sha256": store.provenance["classes"]["names"]["sha256"],
+        "background": "__background__ added at index 0"}
+    full = write_vocab(tmp_path / "full.txt", ["__background__"] + [f"o{i}" for i in range(CLASSES - 1)])
+    assert import_uniter_lmdb(folder, out, overwrite=True, class_names=full) == len(images)
+    assert FeatureStore(out).class_names[:2] == ["__background__", "o0"]
+
+
+@pytest.mark.parametrize("names, message", [
+    ([f"o{i}" for i in range(10)], r"has 10 names for 1601 classes \(id 0 is the background\): give the 1600 "
+                                   r"foreground names \(__background__ is added at id 0\) or all 1601"),
+    (["cat", "dog", "cat"], r"repeats 'cat'; each class needs its own name"),
+    (None, r"cannot read"),
+])
+def test_class_names_that_do_not_fit_are_refused(tmp_path, images, capsys, names, message):
+    folder = write_img_db(tmp_path / "db", images, compress=False)
+    vocab = write_vocab(tmp_path / "vocab.txt", names) if names else tmp_path / "missing.txt"
+    out = tmp_path / "out.h5"
+    assert vlbert(["import-tsv", "--format", "uniter-lmdb", str(folder), "--class-names", str(vocab),
+                   "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vlbert import-tsv: error: --class-names: "), err
+    assert str(vocab) in err[0] and re.search(message, err[0]), err[0]
+    assert not out.exists() and not out.with_name("out.h5.tmp").exists()

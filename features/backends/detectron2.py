@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from vlbert.features.backends import (
     ImageRegions, by_input_shape, download_error, regions_from_scores, seeded, sha256_file,
 )
+from vlbert.features import names
 from vlbert.features.boxes import select_boxes
 from vlbert.features.config import ConfigError, ExtractConfig
 from vlbert.features.images import DecodedImage
@@ -148,13 +149,8 @@ def _load_weights(checkpointer, path: str) -> None:
 
 
 def read_names(path: str, what: str) -> list[str]:
-    """One name per line, in id order; of comma-separated synonyms ("sign,signs") the first, as
-    py-bottom-up-attention's demos read its VG vocabularies."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise ConfigError(f"{what}: cannot read {path} ({err})") from None
-    return [line.split(",")[0].strip().lower() for line in lines if line.strip()]
+    """features/names.py's reader (shared with import-tsv --class-names), failing as a ConfigError."""
+    return names.read_names(path, what, ConfigError)
 
 
 def _metadata_classes(cfg) -> list[str] | None:
@@ -184,7 +180,7 @@ def _names(config: ExtractConfig, cfg, num_classes: int, num_attributes: int) ->
         if len(attributes) != num_attributes:
             raise ConfigError(f"attribute_names_file: {len(attributes)} names in {config.attribute_names_file} for a "
                               f"model of {num_attributes} attributes")
-    return (None if classes is None else [*classes, "__background__"]), attributes
+    return (None if classes is None else [*classes, names.BACKGROUND]), attributes
 
 
 class Detectron2Backend:
