@@ -9,6 +9,7 @@ Rows are CLI overrides (ROWS below), so a new objective is one entry; --rows run
 Default cost on one CPU thread (2-core development machine): per row and seed ~130 s of
 pretraining (5000 steps), ~22 s of VQA (1000 steps) and ~40 s of retrieval (400 steps), so the
 7 rows x 2 seeds take about 45 minutes; the world (4000 images, 12% test) is made once, ~10 s.
+Each run's result is kept (result.json beside it): a rerun reuses what finished.
 """
 from __future__ import annotations
 
@@ -141,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world", default=None, help="an existing synthetic world (default: make one under --out)")
     parser.add_argument("--num-images", type=int, default=4000)
     parser.add_argument("--split", default="0.85,0.03,0.12", help="train,val,test fractions of a new world")
-    parser.add_argument("--rows", default=",".join(r for r in ROWS if r != "+tags"),
-                        help=f"comma-separated rows, of {', '.join(ROWS)} (default: all but +tags)")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows, of {', '.join(ROWS)} (default: all)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 for pretraining and fine-tuning")
     parser.add_argument("--pretrain-steps", type=int, default=5000)
     parser.add_argument("--vqa-steps", type=int, default=1000)

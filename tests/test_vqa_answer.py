@@ -77,7 +77,7 @@ def test_on_the_fly_regions_match_the_training_extraction(tiny_world, tmp_path, 
     stored = FeatureStore(tmp_path / "feats.h5")[str(image_id)]
     model = model_dir(tmp_path, tiny_world, tmp_path / "feats.h5", stored.features.shape[1])
     provenance = json.loads((model / "features.json").read_text())["provenance"]
-    features, boxes, width, height = detect_regions(images / f"{image_id}.png", provenance, None, "cpu")
+    features, boxes, width, height, _ = detect_regions(images / f"{image_id}.png", provenance, None, "cpu")
     assert (width, height) == (stored.image_w, stored.image_h)
     np.testing.assert_allclose(boxes, stored.boxes, atol=1e-3)
     np.testing.assert_allclose(features, stored.features.astype(np.float32), rtol=1e-2, atol=1e-2)  # stored as float16

@@ -31,6 +31,7 @@ import torch
 
 from vlbert.errors import InputError
 from vlbert.data.collate import collate_inputs
+from vlbert.data.tags import ObjectTags, with_tags
 from vlbert.data.regions import box_locations
 from vlbert.data.tokenizer import load_tokenizer
 from vlbert.modeling import VLBertForVQA
@@ -45,10 +46,19 @@ class AnswerError(InputError):
 
 
 def model_inputs(model_dir: str | Path) -> dict:
-    """The input settings the model was fine-tuned with (vqa.json), else the data defaults."""
+    """The input settings the model was fine-tuned with (vqa.json), else the data defaults; with
+    object tags also "object_tags", "max_tags" and the "class_names" the tags were made from."""
     path = Path(model_dir) / INPUTS_FILE
     stored = json.loads(path.read_text()) if path.is_file() else {}
-    return {**DEFAULT_INPUTS, **{k: v for k, v in stored.items() if k in DEFAULT_INPUTS}}
+    tags = ("object_tags", "max_tags", "class_names") if stored.get("object_tags") else ()
+    return {**DEFAULT_INPUTS, **{k: v for k, v in stored.items() if k in DEFAULT_INPUTS or k in tags}}
+
+
+def model_tags(inputs: dict, tokenizer, model_dir: str | Path) -> ObjectTags | None:
+    """The object tags the model was fine-tuned with, made from the same class names; None without."""
+    if not inputs.get("object_tags"):
+        return None
+    return ObjectTags(inputs.get("class_names"), tokenizer, inputs["max_tags"], source=f"{Path(model_dir) / INPUTS_FILE}")
 
 
 def features_provenance(model_dir: str | Path) -> dict:
@@ -122,11 +132,12 @@ def detect_regions(image: str | Path, provenance: dict, detector_weights: str | 
     backend = build_backend(config, resolve_device(config.device))
     regions = backend.detect([decoded])[0]
     width, height = decoded.width, decoded.height
-    return regions.features, regions.boxes, width, height
+    return regions.features, regions.boxes, width, height, regions.labels
 
 
 def stored_regions(features: str, image_id: str, provenance: dict | None):
-    """(features, boxes, width, height) of an image in a feature store made like the model's training features."""
+    """(features, boxes, width, height, top labels or None) of an image in a feature store made like
+    the model's training features."""
     from vlbert.featstore import FeatureStore
     from vlbert.features.provenance import differences, identity
 
@@ -138,27 +149,37 @@ def stored_regions(features: str, image_id: str, provenance: dict | None):
     if image_id not in store:
         raise AnswerError(f"image {image_id!r} has no features in {features}")
     record = store[image_id]
-    return record.features, record.boxes, record.image_w, record.image_h
+    return record.features, record.boxes, record.image_w, record.image_h, record.top_labels()
 
 
-def question_batch(tokenizer, questions: list[str], regions: tuple, max_text_len: int, max_regions: int) -> dict:
-    """The model inputs of every question about one image: the same first `max_regions` regions each."""
-    features, boxes, width, height = regions
+def question_batch(tokenizer, questions: list[str], regions: tuple, max_text_len: int, max_regions: int,
+                   tags: ObjectTags | None = None) -> dict:
+    """The model inputs of every question about one image: the same first `max_regions` regions each
+    (regions: features, boxes, width, height[, top labels]); with `tags`, the regions' object tags
+    follow each question, as in fine-tuning."""
+    features, boxes, width, height, *rest = regions
     features = np.asarray(features[:max_regions], dtype=np.float32)
     locations = box_locations(np.asarray(boxes[:max_regions]), width, height)
     encoded = tokenizer(questions, truncation=True, max_length=max_text_len)["input_ids"]
-    return collate_inputs(
-        [{"input_ids": np.asarray(ids, dtype=np.int64), "region_features": features, "region_locations": locations} for ids in encoded],
-        tokenizer.pad_token_id,
-    )
+    items = [{"input_ids": np.asarray(ids, dtype=np.int64), "region_features": features, "region_locations": locations}
+             for ids in encoded]
+    if tags is not None:
+        labels = rest[0] if rest else None
+        if labels is None:
+            raise AnswerError("the model was fine-tuned with object tags, but these regions have no detector class "
+                              "labels to make them from; give regions from a detector with classes")
+        segment = tags.segment(np.asarray(labels)[:max_regions])
+        for item in items:
+            item["input_ids"], item["token_type_ids"] = with_tags(item["input_ids"], segment)
+    return collate_inputs(items, tokenizer.pad_token_id)
 
 
 @torch.no_grad()
 def answer_questions(model: VLBertForVQA, tokenizer, questions: list[str], regions: tuple, max_text_len: int,
-                     max_regions: int, top_k: int = 5) -> list[list[tuple[str, float]]]:
+                     max_regions: int, top_k: int = 5, tags: ObjectTags | None = None) -> list[list[tuple[str, float]]]:
     """Top-k (answer, score) per question; a score is the sigmoid of the answer's logit, the
     model's estimate of that answer's VQA accuracy."""
-    batch = question_batch(tokenizer, questions, regions, max_text_len, max_regions)
+    batch = question_batch(tokenizer, questions, regions, max_text_len, max_regions, tags)
     model.eval()
     scores = torch.sigmoid(model(**batch).logits.float())
     top = scores.topk(min(top_k, scores.shape[1]), dim=-1)
@@ -168,14 +189,14 @@ def answer_questions(model: VLBertForVQA, tokenizer, questions: list[str], regio
 
 @torch.no_grad()
 def region_attention(model: VLBertForVQA, tokenizer, questions: list[str], regions: tuple, max_text_len: int,
-                     max_regions: int) -> np.ndarray:
+                     max_regions: int, tags: ObjectTags | None = None) -> np.ndarray:
     """[Q, R]: per question, the attention probability from [CLS] (query position 0) to each of the
     R regions given to the model, in the last encoder layer, averaged over heads. A row sums to the
     share of [CLS]'s attention that goes to regions (the rest goes to the question's tokens)."""
-    batch = question_batch(tokenizer, questions, regions, max_text_len, max_regions)
+    batch = question_batch(tokenizer, questions, regions, max_text_len, max_regions, tags)
     model.eval()
     last = model.vlbert(**batch, output_attentions=True).attentions[-1]  # [Q, heads, T + R, T + R]
-    text_len = batch["input_ids"].shape[1]  # regions follow the (padded) text
+    text_len = batch["input_ids"].shape[1]  # regions follow the (padded) text and tags
     return last[:, :, 0, text_len:].mean(1).cpu().numpy()
 
 
@@ -260,16 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def save_answer_figure(args, model, tokenizer, inputs: dict, regions: tuple, results, picture) -> None:
+def save_answer_figure(args, model, tokenizer, inputs: dict, regions: tuple, results, picture,
+                       tags: ObjectTags | None = None) -> None:
     """Write `answer_figure` for the command's questions to args.save_image."""
     from vlbert.features.drawing import check_same_image, save_figure
 
-    _, boxes, width, height = regions
+    boxes, width, height = regions[1:4]
     pixels = None
     if picture is not None:
         pixels, image_w, image_h = picture
         check_same_image((image_w, image_h), (width, height), args.image)
-    attention = region_attention(model, tokenizer, args.question, regions, inputs["max_text_len"], inputs["max_regions"])
+    attention = region_attention(model, tokenizer, args.question, regions, inputs["max_text_len"], inputs["max_regions"], tags)
     figure = answer_figure(args.question, results, attention, boxes, width, height, pixels, args.highlight,
                            model.config.num_attention_heads, total_regions=len(boxes))
     save_figure(figure, args.save_image)
@@ -290,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_vqa_model(args.model)
         tokenizer = load_tokenizer(args.model)
         inputs = model_inputs(args.model)
+        tags = model_tags(inputs, tokenizer, args.model)
         picture = None
         if args.save_image is not None and args.image is not None:
             from vlbert.features.drawing import load_image
@@ -304,9 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             regions = stored_regions(args.features, args.image_id, provenance)
         if len(regions[0]) == 0:
             raise AnswerError("the detector found no regions in the image")
-        results = answer_questions(model, tokenizer, args.question, regions, inputs["max_text_len"], inputs["max_regions"], args.top_k)
+        results = answer_questions(model, tokenizer, args.question, regions, inputs["max_text_len"], inputs["max_regions"],
+                                   args.top_k, tags)
         if args.save_image is not None:
-            save_answer_figure(args, model, tokenizer, inputs, regions, results, picture)
+            save_answer_figure(args, model, tokenizer, inputs, regions, results, picture, tags)
     except (InputError, FileNotFoundError) as err:  # AnswerError, FeatureStoreError, ...
         print(f"vlbert answer: error: {err}", file=sys.stderr)
         return 1

@@ -59,6 +59,8 @@ class VQADataModule(TrainingDataModule):
         num_workers: int = 2,
         seed: int = 0,
         answers: AnswerVocab | None = None,
+        object_tags: bool = False,
+        max_tags: int = 20,
     ) -> None:
         """
         Args:
@@ -89,6 +91,10 @@ class VQADataModule(TrainingDataModule):
             num_workers: DataLoader worker processes.
             seed: shuffling and train_fraction sampling seed.
             answers: the model's answer vocabulary (`vlbert vqa` passes it from the model).
+            object_tags: append the regions' detector class names to each question,
+                `[CLS] question [SEP] tags [SEP]`, token type 2, as Oscar pretraining does (use it for
+                an encoder pretrained with data.object_tags). Needs class names in the feature store.
+            max_tags: at most this many tag tokens (whole class names, first regions first).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["answers"])
@@ -162,7 +168,7 @@ class VQADataModule(TrainingDataModule):
             examples, targets = select_for_training(examples, targets, hp.keep_unanswerable)
             if not examples:
                 raise InputError(f"no training question has an answer in the vocabulary of {len(self.vocab)} answers")
-        dataset = VQADataset(examples, self.store, self.tokenizer, targets, hp.max_text_len, hp.max_regions)
+        dataset = VQADataset(examples, self.store, self.tokenizer, targets, hp.max_text_len, hp.max_regions, self.tags)
         self._datasets[split] = (self.vocab, dataset)
         return dataset
 

@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from vlbert.data.collate import collate_inputs
 from vlbert.data.regions import box_locations
+from vlbert.data.tags import ObjectTags, with_tags
 from vlbert.featstore import FeatureStore
 from vlbert.tasks.vqa.data import VQAExample
 
@@ -25,13 +26,16 @@ class VQADataset(Dataset):
         targets: Sequence[dict[int, float]] | None = None,
         max_text_len: int = 40,
         max_regions: int = 100,
+        tags: ObjectTags | None = None,
     ) -> None:
+        """tags: append each image's object tags to the question (a model pretrained with them)."""
         if targets is not None and len(targets) != len(examples):
             raise ValueError(f"{len(targets)} targets for {len(examples)} examples")
         self.examples = list(examples)
         self.targets = list(targets) if targets is not None else None
         self.store = store
         self.max_regions = max_regions
+        self.tags = tags
         encoded = tokenizer([e.question for e in self.examples], truncation=True, max_length=max_text_len)["input_ids"]
         self.input_ids = [np.asarray(ids, dtype=np.int64) for ids in encoded]
 
@@ -40,10 +44,15 @@ class VQADataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.store[self.examples[index].feature_id]
-        item = {
+        input_ids = self.input_ids[index]
+        item = {}
+        if self.tags is not None:
+            labels = record.top_labels()
+            input_ids, item["token_type_ids"] = with_tags(input_ids, self.tags.segment(None if labels is None else labels[: self.max_regions]))
+        item |= {
             "index": index,
             "example": self.examples[index],
-            "input_ids": self.input_ids[index],
+            "input_ids": input_ids,
             "region_features": record.features[: self.max_regions].astype(np.float32),
             "region_locations": box_locations(record.boxes[: self.max_regions], record.image_w, record.image_h),
         }

@@ -104,6 +104,8 @@ class VQAModule(TrainingModule):
             raise InputError("the VQA data was built over other answers than the model's; pass the model's vocabulary "
                              "to the datamodule (VQADataModule(answers=module.vocab), as `vlbert vqa` does)")
         self.inputs = {k: datamodule.hparams[k] for k in ("max_text_len", "max_regions")}
+        if datamodule.tags is not None:  # `vlbert answer` builds the same tags from the same names
+            self.inputs.update(object_tags=True, max_tags=datamodule.tags.max_tags, class_names=datamodule.tags.class_names)
 
     def model_files(self) -> dict[str, dict | list]:
         return {ANSWERS_FILE: self.vocab.to_dict(), **({INPUTS_FILE: self.inputs} if self.inputs else {})}
@@ -112,7 +114,7 @@ class VQAModule(TrainingModule):
 
     def forward(self, batch: dict):
         return self.model(batch["input_ids"], batch["text_mask"], batch["region_features"], batch["region_locations"],
-                          batch["region_mask"], targets=batch.get("targets"))
+                          batch["region_mask"], targets=batch.get("targets"), token_type_ids=batch.get("token_type_ids"))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         output = self(batch)

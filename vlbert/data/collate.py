@@ -132,7 +132,8 @@ def collate_inputs(
     pad_to_multiple_of: int = 1,
 ) -> dict[str, torch.Tensor]:
     """The model inputs of a list of examples with keys input_ids [T], region_features [R, D],
-    region_locations [R, 7]: input_ids, text_mask, region_features, region_locations, region_mask.
+    region_locations [R, 7]: input_ids, text_mask, region_features, region_locations, region_mask;
+    and token_type_ids when every example has them (object tags), padded with type 0.
     Region features keep their dtype (float16 as extraction stores them): the model casts them to
     its own on its device, which also halves what reaches the device.
 
@@ -147,9 +148,11 @@ def collate_inputs(
     batch_size, text_len = padded_shape(text, multiple)
     regions = padded_shape(features, multiple)[1]
     filled = holds_rows(region_features, features, multiple)
+    types = [e["token_type_ids"] for e in examples] if all("token_type_ids" in e for e in examples) else None
     batch = new_tensors({
         "input_ids": ((batch_size, text_len), torch.long),
         "text_mask": ((batch_size, text_len), torch.bool),
+        **({"token_type_ids": ((batch_size, text_len), torch.long)} if types is not None else {}),
         **({} if filled else {"region_features": (padded_shape(features, multiple), torch_dtype(features[0]))}),
         "region_locations": (padded_shape(locations, multiple), torch.float32),
         "region_mask": ((batch_size, regions), torch.bool),
@@ -158,6 +161,8 @@ def collate_inputs(
     zeroed = fresh_memory_is_zeroed()
     pad_stack(text, pad_token_id, out=batch["input_ids"], out_zeroed=zeroed)
     length_mask([len(t) for t in text], out=batch["text_mask"])
+    if types is not None:
+        pad_stack(types, 0, out=batch["token_type_ids"], out_zeroed=zeroed)
     if filled:
         batch["region_features"] = region_features
     else:

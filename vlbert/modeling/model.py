@@ -42,6 +42,11 @@ class VLBertPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (MLMHead, RegionFeatureHead)):
             init.zeros_(module.bias)
 
+    def use_object_tags(self, tag_type: int) -> bool:
+        """Make room for object tags of token type `tag_type` (VLBertModel.grow_token_types); a model
+        with a head for them adds it. Returns whether the model changed."""
+        return self.base_model.grow_token_types(tag_type + 1)
+
     def _backward_compatibility_gradient_checkpointing(self) -> None:
         """config.gradient_checkpointing is a setting the encoder reads (and saved runs restore),
         not a legacy key to consume and delete as transformers does for its own models."""
@@ -68,6 +73,19 @@ class VLBertModel(VLBertPreTrainedModel):
 
     def get_input_embeddings(self) -> torch.nn.Embedding:
         return self.text_embeddings.word_embeddings
+
+    def grow_token_types(self, count: int) -> bool:
+        """Give the model `count` token types (object tags are type 2; a BERT checkpoint has 2). New
+        types start as copies of type 0, the text's: a tag is a word to the model before it learns
+        otherwise. Returns whether the model grew."""
+        old = self.text_embeddings.token_type_embeddings
+        if old.num_embeddings >= count:
+            return False
+        self.text_embeddings.token_type_embeddings = _grown(old, count)
+        if hasattr(self.region_embeddings, "type_embeddings"):  # "visualbert" regions size theirs alike
+            self.region_embeddings.type_embeddings = _grown(self.region_embeddings.type_embeddings, count)
+        self.config.type_vocab_size = count
+        return True
 
     def set_input_embeddings(self, value: torch.nn.Embedding) -> None:
         self.text_embeddings.word_embeddings = value
@@ -151,6 +169,15 @@ class VLBertModel(VLBertPreTrainedModel):
         return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=self.pooler(sequence_output))
 
 
+def _grown(embedding: torch.nn.Embedding, count: int) -> torch.nn.Embedding:
+    """`embedding` with rows up to `count`, the new ones copies of row 0."""
+    grown = torch.nn.Embedding(count, embedding.embedding_dim, device=embedding.weight.device, dtype=embedding.weight.dtype)
+    with torch.no_grad():
+        grown.weight[: embedding.num_embeddings] = embedding.weight
+        grown.weight[embedding.num_embeddings:] = embedding.weight[0]
+    return grown
+
+
 @dataclass
 class PretrainingTargets:
     """What a pretraining step predicts, as collate gives it: row indices into the flattened
@@ -171,10 +198,13 @@ class PretrainingTargets:
     region_probs: torch.Tensor | None = None  # [K, C] detector class distribution (MRC-KL)
     itm_index: torch.Tensor | None = None  # [P] examples with an ITM label
     itm_targets: torch.Tensor | None = None  # [P] 1 = matched
+    tag_index: torch.Tensor | None = None  # [Q] examples with a tag_contrastive label
+    tag_targets: torch.Tensor | None = None  # [Q] 1 = the image's own tags
 
     @classmethod
     def from_batch(cls, batch: dict, objectives: tuple[str, ...], weights: dict[str, float] | None = None) -> "PretrainingTargets":
-        names = ("mlm_index", "mlm_targets", "region_index", "region_targets", "region_labels", "region_probs", "itm_index", "itm_targets")
+        names = ("mlm_index", "mlm_targets", "region_index", "region_targets", "region_labels", "region_probs", "itm_index",
+                 "itm_targets", "tag_index", "tag_targets")
         return cls(tuple(objectives), dict(weights or {}), **{name: batch.get(name) for name in names})
 
     @property
@@ -186,7 +216,8 @@ class PretrainingTargets:
 class PretrainingOutput(ModelOutput):
     """loss: the weighted sum of `losses`; accuracies where an objective has one; the logits of
     the targets' rows only (mlm_logits [M, V], region_features [K, D], mrc_logits [K, C],
-    itm_logits [P, 2]); wra_distances [P]: the word-region transport distance of each ITM pair."""
+    itm_logits [P, 2], tag_logits [Q, 2]); wra_distances [P]: the word-region transport distance of
+    each ITM pair."""
 
     loss: torch.Tensor | None = None
     losses: dict[str, torch.Tensor] | None = None
@@ -195,23 +226,29 @@ class PretrainingOutput(ModelOutput):
     region_features: torch.Tensor | None = None
     mrc_logits: torch.Tensor | None = None
     itm_logits: torch.Tensor | None = None
+    tag_logits: torch.Tensor | None = None
     wra_distances: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     pooler_output: torch.Tensor | None = None
 
 
-def word_positions(text_mask: torch.Tensor) -> torch.Tensor:
-    """The text mask [B, T] without [CLS] (position 0) and the final [SEP]: the words WRA aligns."""
+def word_positions(text_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The text mask [B, T] without [CLS] (position 0) and the text's closing [SEP]: the words WRA
+    aligns. With token types, only the text's (type 0): object tags are not words of the caption."""
     words = text_mask.bool().clone()
+    if token_type_ids is not None:
+        words &= token_type_ids == 0
+    last = words.long().sum(1).clamp(min=1) - 1  # the text is a prefix: its count ends at its [SEP]
     words[:, 0] = False
-    words[torch.arange(len(words), device=words.device), text_mask.long().sum(1).clamp(min=1) - 1] = False
+    words[torch.arange(len(words), device=words.device), last] = False
     return words
 
 
 class VLBertForPretraining(VLBertPreTrainedModel):
     """The encoder with every pretraining head: MLM, MRFR, MRC / MRC-KL (when the config has region
-    classes) and ITM; WRA (optimal transport between the words and regions of ITM pairs) needs no
-    head. Heads score only the rows the targets name."""
+    classes), ITM and Oscar's tag contrastive head (clean vs polluted object tags); WRA (optimal
+    transport between the words and regions of ITM pairs) needs no head. Heads score only the rows
+    the targets name."""
 
     def __init__(self, config: VLBertConfig) -> None:
         super().__init__(config)
@@ -220,10 +257,20 @@ class VLBertForPretraining(VLBertPreTrainedModel):
         self.itm_head = ITMHead(config)
         self.mrfr_head = RegionFeatureHead(config, self.vlbert.region_embeddings)
         self.mrc_head = RegionClassHead(config) if config.num_region_classes else None
+        # Oscar's clean / polluted tag classifier, in models with a token type for tags
+        self.tag_head = ITMHead(config) if config.type_vocab_size > 2 else None
         self.post_init()
 
+    def use_object_tags(self, tag_type: int) -> bool:
+        grew = super().use_object_tags(tag_type)
+        if self.tag_head is None:
+            self.tag_head = ITMHead(self.config).to(self.itm_head.classifier.weight.device)
+            self.tag_head.apply(self._init_weights)
+            grew = True
+        return grew
+
     def heads(self) -> list[torch.nn.Module]:
-        return [head for head in (self.mlm_head, self.mrfr_head, self.mrc_head, self.itm_head) if head is not None]
+        return [head for head in (self.mlm_head, self.mrfr_head, self.mrc_head, self.itm_head, self.tag_head) if head is not None]
 
     def forward(
         self,
@@ -234,11 +281,12 @@ class VLBertForPretraining(VLBertPreTrainedModel):
         region_mask: torch.Tensor,
         region_masked: torch.Tensor | None = None,
         targets: PretrainingTargets | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> PretrainingOutput:
         """Inputs as VLBertModel.forward; with `targets`, the loss of every objective they name."""
         masked = targets is not None and targets.any_masked_region
         output = self.vlbert(
-            input_ids, text_mask, region_features, region_locations, region_mask,
+            input_ids, text_mask, region_features, region_locations, region_mask, token_type_ids=token_type_ids,
             region_masked=region_masked if (masked or targets is None) else None,
         )
         result = PretrainingOutput(last_hidden_state=output.last_hidden_state, pooler_output=output.pooler_output)
@@ -268,12 +316,18 @@ class VLBertForPretraining(VLBertPreTrainedModel):
         if "itm" in wanted and targets.itm_index is not None and targets.itm_index.numel():
             result.itm_logits = self.itm_head(output.pooler_output.index_select(0, targets.itm_index))
             losses["itm"], accuracies["itm"] = itm_loss(result.itm_logits, targets.itm_targets)
+        if "tag_contrastive" in wanted and targets.tag_index is not None and targets.tag_index.numel():
+            if self.tag_head is None:
+                raise ValueError("tag_contrastive needs the tag head: call use_object_tags first")
+            result.tag_logits = self.tag_head(output.pooler_output.index_select(0, targets.tag_index))
+            losses["tag_contrastive"], accuracies["tag_contrastive"] = itm_loss(result.tag_logits, targets.tag_targets)
         if "wra" in wanted and targets.itm_index is not None and targets.itm_index.numel():
             pairs = targets.itm_index
             hidden = output.last_hidden_state.index_select(0, pairs)
             text_length = input_ids.shape[1]
             result.wra_distances = transport_distance(
-                hidden[:, :text_length], hidden[:, text_length:], word_positions(text_mask.index_select(0, pairs)),
+                hidden[:, :text_length], hidden[:, text_length:],
+                word_positions(text_mask.index_select(0, pairs), None if token_type_ids is None else token_type_ids.index_select(0, pairs)),
                 region_mask.index_select(0, pairs),
             )
             losses["wra"] = wra_loss(result.wra_distances, targets.itm_targets)

@@ -17,7 +17,7 @@ from vlbert.modeling.losses import vqa_loss
 from vlbert.modeling.model import VLBertModel, VLBertPreTrainedModel
 
 ANSWERS_FILE = "answers.json"  # the answer vocabulary with its counts, written beside config.json
-INPUTS_FILE = "vqa.json"  # the input settings of fine-tuning (max_text_len, max_regions), for `vlbert answer`
+INPUTS_FILE = "vqa.json"  # the input settings of fine-tuning (max_text_len, max_regions, object tags), for `vlbert answer`
 
 
 @dataclass
@@ -89,9 +89,10 @@ class VLBertForVQA(VLBertPreTrainedModel):
         region_locations: torch.Tensor | None,
         region_mask: torch.Tensor,
         targets: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> VQAOutput:
-        """Inputs as VLBertModel.forward; targets [B, A] soft scores in [0, 1]."""
-        output = self.vlbert(input_ids, text_mask, region_features, region_locations, region_mask)
+        """Inputs as VLBertModel.forward (token_type_ids: with object tags); targets [B, A] soft scores in [0, 1]."""
+        output = self.vlbert(input_ids, text_mask, region_features, region_locations, region_mask, token_type_ids=token_type_ids)
         logits = self.vqa_head(output.last_hidden_state, output.pooler_output, text_mask)
         return VQAOutput(loss=vqa_loss(logits, targets) if targets is not None else None, logits=logits)
 

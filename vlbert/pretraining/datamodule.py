@@ -6,6 +6,7 @@ from functools import partial
 from torch.utils.data import DataLoader
 
 from vlbert.data.annotations import load_pairs
+from vlbert.errors import InputError
 from vlbert.featstore import FeatureStoreError
 from vlbert.pretraining.dataset import PretrainDataset, collate_pretrain
 from vlbert.pretraining.objectives import Objectives
@@ -30,6 +31,8 @@ class PretrainDataModule(TrainingDataModule):
         objectives: dict | None = None,
         max_tokens: int | None = None,
         pad_to_multiple_of: int = 1,
+        object_tags: bool = False,
+        max_tags: int = 20,
     ) -> None:
         """
         Args:
@@ -52,6 +55,10 @@ class PretrainDataModule(TrainingDataModule):
                 val_batch_size / batch_size.
             pad_to_multiple_of: pad each batch's text and region lengths up to a multiple of this
                 (fewer distinct shapes for compiled and cuDNN kernels; 1: no rounding).
+            object_tags: append the regions' detector class names to the caption as a third segment,
+                `[CLS] caption [SEP] tags [SEP]`, token type 2 (Oscar); MLM then masks tags too.
+                Needs the class names in the feature store; objectives.tag_contrastive needs this.
+            max_tags: at most this many tag tokens (whole class names, first regions first).
         """
         if max_tokens is not None and max_tokens < max_text_len + max_regions:
             raise ValueError(f"max_tokens {max_tokens} must hold the longest example: max_text_len + max_regions "
@@ -68,6 +75,8 @@ class PretrainDataModule(TrainingDataModule):
         if self.store is not None:
             return
         hp = self.hparams
+        if self.objectives.tag_contrastive > 0 and not hp.object_tags:
+            raise InputError("objectives.tag_contrastive > 0 tells clean from polluted object tags: set data.object_tags: true")
         self.open_inputs()
         self.datasets = {}
         for split, path in (("train", hp.train_annotations), ("val", hp.val_annotations)):
@@ -77,7 +86,7 @@ class PretrainDataModule(TrainingDataModule):
             self.store.check_ids([p.image_id for p in pairs], f"{split} annotations {path}")
             self.datasets[split] = PretrainDataset(
                 pairs, self.store, self.tokenizer, self.objectives, hp.max_text_len, hp.max_regions, hp.seed,
-                hp.pad_to_multiple_of,
+                hp.pad_to_multiple_of, self.tags,
             )
         if self.objectives.needs_class_probs and not self.store.has_class_probs:
             raise FeatureStoreError(

@@ -20,12 +20,15 @@ from vlbert.data.annotations import CaptionPair
 from vlbert.errors import InputError
 from vlbert.data.collate import cat_rows, collate_inputs, fresh_memory_is_zeroed, new_tensors, pad_stack, round_up, torch_dtype
 from vlbert.data.regions import box_locations
+from vlbert.data.tags import ObjectTags, with_tags
 from vlbert.data.samplers import EXAMPLE_POSITION_KEY, key_position, put_batch_position
 from vlbert.featstore import FeatureStore, RegionRecord
 from vlbert.pretraining.masking import IGNORE_INDEX, mask_regions, mask_tokens
 from vlbert.pretraining.objectives import REGION_TASKS, TASKS, Objectives
 
-TASK_CODES = {task: code for code, task in enumerate(TASKS + ("mix",))}
+# stable codes: a new task takes a new code, so the examples of every existing task stay the same
+TASK_CODES = {"mlm": 0, "mrfr": 1, "mrc": 2, "mrc_kl": 3, "itm": 4, "mix": 5, "tag_contrastive": 6}
+assert set(TASK_CODES) == {*TASKS, "mix"}
 
 
 @dataclass
@@ -38,6 +41,8 @@ class _Plan:
     mask_image: bool
     image_id: str
     position: tuple[int, int] | None  # (epoch, batch_in_epoch) of a training key
+    tag_label: int = IGNORE_INDEX  # tag_contrastive: 1 = the image's own tags, 0 = another image's
+    tag_image_id: str | None = None  # whose tags the example carries (default: image_id's)
 
 
 class BatchExamples(list):
@@ -58,22 +63,30 @@ class PretrainDataset(Dataset):
         max_regions: int = 100,
         seed: int = 0,
         pad_to_multiple_of: int = 1,
+        tags: ObjectTags | None = None,
     ) -> None:
-        """pad_to_multiple_of: as collate_pretrain's (the batched read pads its region features so)."""
+        """pad_to_multiple_of: as collate_pretrain's (the batched read pads its region features so).
+        tags: append each image's object tags to its text (Oscar); needed by tag_contrastive."""
         self.pairs = list(pairs)
         self.store = store
         self.objectives = objectives
         self.max_regions = max_regions
         self.seed = seed
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.tags = tags
+        if objectives.tag_contrastive > 0 and tags is None:
+            raise InputError("objectives.tag_contrastive > 0 tells clean from polluted object tags: set data.object_tags: true")
         weights = objectives.weights()
-        roles = {"itm": weights["itm"], "text": weights["mlm"], "image": sum(weights[t] for t in REGION_TASKS)}
+        roles = {"itm": weights["itm"], "text": weights["mlm"], "image": sum(weights[t] for t in REGION_TASKS),
+                 "tags": weights["tag_contrastive"]}
         self.roles = [role for role, weight in roles.items() if weight > 0]
         self.role_probs = np.array([roles[r] for r in self.roles]) / sum(roles[r] for r in self.roles)
         self.image_ids = sorted({p.image_id for p in self.pairs})
         self.image_position = {image_id: i for i, image_id in enumerate(self.image_ids)}
         if objectives.itm > 0 and len(self.image_ids) < 2:
             raise InputError("ITM needs captions of at least 2 different images to draw negatives")
+        if objectives.tag_contrastive > 0 and len(self.image_ids) < 2:
+            raise InputError("tag_contrastive needs captions of at least 2 different images to draw polluted tags")
         encoded = tokenizer([p.caption for p in self.pairs], truncation=True, max_length=max_text_len)["input_ids"]
         self.input_ids = [np.asarray(ids, dtype=np.int64) for ids in encoded]
         self.mask_token_id = tokenizer.mask_token_id
@@ -89,7 +102,8 @@ class PretrainDataset(Dataset):
     def token_lengths(self) -> list[int]:
         """Text + region tokens of each caption with its own image (token budgets)."""
         regions = {image_id: min(self.store.num_boxes(image_id), self.max_regions) for image_id in self.image_ids}
-        return [len(ids) + regions[pair.image_id] for ids, pair in zip(self.input_ids, self.pairs)]
+        tags = self.tags.max_length if self.tags is not None else 0
+        return [len(ids) + tags + regions[pair.image_id] for ids, pair in zip(self.input_ids, self.pairs)]
 
     def __getitem__(self, key: tuple[int, str, int] | tuple[int, str, int, int] | int) -> dict:
         plan = self._plan(key)
@@ -122,10 +136,12 @@ class PretrainDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index, TASK_CODES[task]])
         pair = self.pairs[index]
         objectives = self.objectives
-        itm_label = IGNORE_INDEX
+        itm_label = tag_label = IGNORE_INDEX
         mask_text = mask_image = False
         if task == "itm":
             itm_label = int(rng.random() >= objectives.itm_negative_prob)
+        elif task == "tag_contrastive":
+            tag_label = int(rng.random() >= objectives.tag_pollute_prob)
         elif task == "mlm":
             mask_text = True
         elif task in REGION_TASKS:
@@ -136,9 +152,12 @@ class PretrainDataset(Dataset):
                 # ITM examples are never masked: were only matched pairs masked, a mask would
                 # itself give the ITM answer away.
                 itm_label = int(rng.random() >= objectives.itm_negative_prob)
+            elif role == "tags":
+                tag_label = int(rng.random() >= objectives.tag_pollute_prob)
             mask_text, mask_image = role == "text", role == "image"
         image_id = pair.image_id if itm_label != 0 else self._negative_image(pair.image_id, rng)
-        return _Plan(index, task, rng, itm_label, mask_text, mask_image, image_id, key_position(key))
+        tag_image_id = self._negative_image(pair.image_id, rng) if tag_label == 0 else None
+        return _Plan(index, task, rng, itm_label, mask_text, mask_image, image_id, key_position(key), tag_label, tag_image_id)
 
     def _example(self, plan: "_Plan", record: RegionRecord) -> dict:
         """The example, from its plan and its image's record (whose arrays it may modify)."""
@@ -146,8 +165,13 @@ class PretrainDataset(Dataset):
         features = record.features[: self.max_regions]
         locations = box_locations(record.boxes[: self.max_regions], record.image_w, record.image_h)
 
-        input_ids, mlm_labels = self.input_ids[index], np.full(len(self.input_ids[index]), IGNORE_INDEX)
-        if plan.mask_text:
+        input_ids, token_types = self.input_ids[index], None
+        if self.tags is not None:
+            tagged = record if plan.tag_image_id is None else self.store[plan.tag_image_id]
+            labels = tagged.top_labels()
+            input_ids, token_types = with_tags(input_ids, self.tags.segment(None if labels is None else labels[: self.max_regions]))
+        mlm_labels = np.full(len(input_ids), IGNORE_INDEX)
+        if plan.mask_text:  # with tags: words and tags alike (Oscar)
             input_ids, mlm_labels = mask_tokens(
                 input_ids, rng, self.mask_token_id, self.vocab_size, self.special_ids, objectives.text_mask_prob
             )
@@ -170,7 +194,10 @@ class PretrainDataset(Dataset):
             "region_masked": region_masked,
             "region_targets": region_targets,
             "itm_label": plan.itm_label,
+            "tag_label": plan.tag_label,
         }
+        if token_types is not None:
+            example["token_type_ids"] = token_types
         labels = record.top_labels()
         if labels is not None:
             example["region_labels"] = labels[: self.max_regions][region_masked]
@@ -197,7 +224,8 @@ def collate_pretrain(examples: list[dict], pad_token_id: int = 0, pad_to_multipl
     step needs no data-dependent shapes on the device (each would be a host-device sync):
     mlm_index [K] and region_index [M] index the model's output rows [B * (T + R)] (text first),
     with mlm_targets [K] the masked tokens; itm_index [J] indexes the examples with an ITM label,
-    itm_targets [J] those labels.
+    itm_targets [J] those labels; tag_index / tag_targets likewise for tag_contrastive. Examples
+    with object tags also give token_type_ids [B, T].
 
     Training batches (examples built from TaskBatchSampler's 4-tuple keys) also hold where they
     stand, as plain ints: "epoch" (the epoch their keys were drawn for) and "batch_in_epoch" (their
@@ -213,6 +241,7 @@ def collate_pretrain(examples: list[dict], pad_token_id: int = 0, pad_to_multipl
     text_targets = [np.flatnonzero(e["mlm_labels"] != IGNORE_INDEX) for e in examples]
     masked_regions = [np.flatnonzero(e["region_masked"]) for e in examples]
     itm_examples = [i for i, e in enumerate(examples) if e["itm_label"] != IGNORE_INDEX]
+    tag_examples = [i for i, e in enumerate(examples) if e.get("tag_label", IGNORE_INDEX) != IGNORE_INDEX]
     num_text, num_regions = sum(map(len, text_targets)), sum(map(len, masked_regions))
     batch = collate_inputs(examples, pad_token_id, region_features=getattr(examples, "region_features", None),
                            pad_to_multiple_of=pad_to_multiple_of, extra={
@@ -224,6 +253,8 @@ def collate_pretrain(examples: list[dict], pad_token_id: int = 0, pad_to_multipl
         "region_index": ((num_regions,), torch.long),
         "itm_index": ((len(itm_examples),), torch.long),
         "itm_targets": ((len(itm_examples),), torch.long),
+        "tag_index": ((len(tag_examples),), torch.long),
+        "tag_targets": ((len(tag_examples),), torch.long),
         **{key: ((sum(len(a) for a in arrays), *arrays[0].shape[1:]), torch_dtype(arrays[0])) for key, arrays in cat.items()},
     })
     pad_stack([e["mlm_labels"] for e in examples], IGNORE_INDEX, out=batch["mlm_labels"])
@@ -237,6 +268,8 @@ def collate_pretrain(examples: list[dict], pad_token_id: int = 0, pad_to_multipl
         batch["region_index"].numpy()[:] = np.concatenate([i * row + text_len + r for i, r in enumerate(masked_regions)])
     batch["itm_index"].numpy()[:] = itm_examples
     batch["itm_targets"].numpy()[:] = [examples[i]["itm_label"] for i in itm_examples]
+    batch["tag_index"].numpy()[:] = tag_examples
+    batch["tag_targets"].numpy()[:] = [examples[i]["tag_label"] for i in tag_examples]
     for key, arrays in cat.items():
         cat_rows(arrays, out=batch[key])
     tasks = {e["task"] for e in examples}

@@ -61,7 +61,7 @@ class PretrainModule(TrainingModule):
     def forward(self, batch: dict, train: bool = True):
         return self.model(
             batch["input_ids"], batch["text_mask"], batch["region_features"], batch["region_locations"], batch["region_mask"],
-            region_masked=batch["region_masked"], targets=self.targets(batch, train),
+            region_masked=batch["region_masked"], targets=self.targets(batch, train), token_type_ids=batch.get("token_type_ids"),
         )
 
     def _log_results(self, stage: str, output, batch_size: int) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from vlbert.errors import InputError
 
-TASKS = ("mlm", "mrfr", "mrc", "mrc_kl", "itm")
+TASKS = ("mlm", "mrfr", "mrc", "mrc_kl", "itm", "tag_contrastive")
 REGION_TASKS = ("mrfr", "mrc", "mrc_kl")
 # objectives computed on another task's examples rather than drawn as a task of their own
 COMPANIONS = {"wra": "itm"}
@@ -21,6 +21,10 @@ class Objectives:
     role (ITM pair, text-masked or region-masked matched pair), drawn with the weights as
     ratios (the region objectives share the region role), and adds the weighted losses.
 
+    tag_contrastive (Oscar's contrastive loss, with data.object_tags): the pooled output tells a
+    caption + image whose tags are the image's own from one whose tags come from another image
+    (drawn with tag_pollute_prob); with tags on, MLM masks tag tokens as well as words.
+
     WRA (word-region alignment, UNITER) is computed on the ITM pairs, wherever ITM runs, and added
     with its weight under either mixing, as UNITER adds 0.1 x its optimal-transport loss to ITM's.
     """
@@ -30,11 +34,13 @@ class Objectives:
     mrc: float = 0.0  # masked-region classification to the detector's top class
     mrc_kl: float = 1.0  # KL to the detector's class distribution
     itm: float = 1.0  # image-text matching
+    tag_contrastive: float = 0.0  # clean vs polluted object tags (Oscar); needs data.object_tags
     wra: float = 0.0  # word-region alignment by optimal transport, on the ITM pairs (UNITER: 0.1)
     mixing: str = "sample"
     text_mask_prob: float = 0.15
     region_mask_prob: float = 0.15
     itm_negative_prob: float = 0.5
+    tag_pollute_prob: float = 0.5  # tag_contrastive: how often the tags are another image's (Oscar: 0.5)
 
     def __post_init__(self) -> None:
         if self.mixing not in ("sample", "sum"):
@@ -47,7 +53,7 @@ class Objectives:
             raise InputError(f"objectives.wra must be >= 0, got {self.wra}")
         if self.wra > 0 and self.itm <= 0:
             raise InputError("objectives.wra > 0 aligns the words and regions of ITM pairs: set objectives.itm > 0 too")
-        for name in ("text_mask_prob", "region_mask_prob", "itm_negative_prob"):
+        for name in ("text_mask_prob", "region_mask_prob", "itm_negative_prob", "tag_pollute_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"objectives.{name} must be in [0, 1]")
 

@@ -34,7 +34,7 @@ from . import formats
 from .features import FeatureSettings, projection, provenance, scene_regions
 from .language import LEXICON, annotator_answers, make_captions, make_questions, words
 from .render import render_scene
-from .scene import COLOR_NAMES, SHAPES, SIZES, num_classes, sample_scene
+from .scene import COLOR_NAMES, SHAPES, SIZES, class_name, num_classes, sample_scene
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "synth.json"
@@ -278,7 +278,8 @@ def generate_world(
     writer = None
     if write_features:
         writer = FeatureWriter(
-            root / "features.h5", feature_dim, num_classes(), provenance=feat_prov, dtype="float32", overwrite=True
+            root / "features.h5", feature_dim, num_classes(), provenance=feat_prov, dtype="float32", overwrite=True,
+            class_names=[class_name(i) for i in range(num_classes())],
         )
     weights = projection(feature_settings)
     try:

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 
+from vlbert.data.tags import TAG_TOKEN_TYPE
 from vlbert.data.tokenizer import has_tokenizer_files, load_tokenizer, vocabulary_difference, vocabulary_fingerprint
 from vlbert.errors import InputError, InputNotFound
 from vlbert.modeling import ModelSettings, VLBertConfig, VLBertModel, VLBertPreTrainedModel
@@ -172,7 +173,21 @@ class TrainingModule(L.LightningModule):
                 f"model.model.vocab_size: {len(datamodule.tokenizer)} for a new model"
             )
         self.check_tokenizer(datamodule.tokenizer)
+        self.check_text_length(datamodule)
         self.check_data(datamodule, stage)
+
+    def check_text_length(self, datamodule) -> None:
+        """The longest text (with its object tags) must have position embeddings, and tags a token
+        type of their own: a model without one (BERT has 2 types) grows it here (and a pretraining
+        model its tag head), before a checkpoint is restored into it and the optimiser is built."""
+        if "max_text_len" in datamodule.hparams and datamodule.max_text_tokens > self.config.max_position_embeddings:
+            tags = f" + {datamodule.tags.max_length} for the object tags (data.max_tags + [SEP])" if datamodule.tags else ""
+            raise InputError(f"texts of up to data.max_text_len={datamodule.hparams.max_text_len}{tags} tokens exceed the "
+                             f"model's max_position_embeddings={self.config.max_position_embeddings}; lower data.max_text_len"
+                             f"{' or data.max_tags' if tags else ''}")
+        if getattr(datamodule, "tags", None) is not None and self.model.use_object_tags(TAG_TOKEN_TYPE):
+            log.info("object tags: the model has %d token types (tags are type %d, new ones initialised from the text's)",
+                     self.config.type_vocab_size, TAG_TOKEN_TYPE)
 
     # set by `--allow_tokenizer_mismatch true` (vlbert.training.cli): train with another vocabulary on purpose
     allow_tokenizer_mismatch: bool = False

@@ -1,7 +1,7 @@
 """TrainingDataModule: what every job's LightningDataModule shares.
 
-- `store`, `tokenizer` (set by the job's `setup`) and `feature_header`: what the training base
-  checks the model against and records in checkpoints and model directories;
+- `store`, `tokenizer`, `tags` (set by the job's `setup`) and `feature_header`: what the training
+  base checks the model against and records in checkpoints and model directories;
 - exact resume: training batches carry their position in their epoch (TaskBatchSampler's keys,
   put in the batch by collate); the last one training consumed is the resume state saved in
   checkpoints, so a resumed run skips exactly the batches the first one saw.
@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vlbert.data.samplers import EpochSampler, TaskBatchSampler, consumed_state, take_batch_position
+from vlbert.data.tags import ObjectTags
 from vlbert.data.tokenizer import load_tokenizer
 from vlbert.featstore import FeatureStore
 
@@ -22,6 +23,7 @@ from vlbert.featstore import FeatureStore
 class TrainingDataModule(L.LightningDataModule):
     store = None
     tokenizer = None
+    tags: ObjectTags | None = None  # the object tags of hparams `object_tags` / `max_tags`, where a job has them
     _consumed: dict | None = None
     _resume: dict | None = None
 
@@ -31,6 +33,14 @@ class TrainingDataModule(L.LightningDataModule):
         if self.store is None:
             self.tokenizer = load_tokenizer(self.hparams.tokenizer)
             self.store = FeatureStore(self.hparams.features)
+            if self.hparams.get("object_tags"):
+                self.tags = ObjectTags(self.store.class_names, self.tokenizer, self.hparams.max_tags,
+                                       source=f"the feature store data.features={self.hparams.features}")
+
+    @property
+    def max_text_tokens(self) -> int:
+        """The longest text the model is given: max_text_len, and the tag segment where tags are on."""
+        return self.hparams.max_text_len + (self.tags.max_length if self.tags is not None else 0)
 
     @property
     def feature_header(self) -> dict:
