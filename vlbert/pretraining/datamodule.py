@@ -60,9 +60,11 @@ class PretrainDataModule(TrainingDataModule):
                 Needs the class names in the feature store; objectives.tag_contrastive needs this.
             max_tags: at most this many tag tokens (whole class names, first regions first).
         """
-        if max_tokens is not None and max_tokens < max_text_len + max_regions:
-            raise ValueError(f"max_tokens {max_tokens} must hold the longest example: max_text_len + max_regions "
-                             f"= {max_text_len + max_regions}")
+        longest = max_text_len + (max_tags + 1 if object_tags else 0) + max_regions
+        if max_tokens is not None and max_tokens < longest:
+            tags = " + max_tags + 1" if object_tags else ""
+            raise ValueError(f"max_tokens {max_tokens} must hold the longest example: max_text_len{tags} + max_regions "
+                             f"= {longest}")
         if pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
         super().__init__()
