@@ -70,8 +70,26 @@ def pretrain(world, run_dir: Path, steps: int, seed: int, overrides: list[str]) 
     return {"export": str(cli.model.export_dir), "objectives": {k: v for k, v in weights.items() if v > 0}}
 
 
-def run_row(world, out: Path, row: str, seed: int, steps: dict[str, int], train_fraction: float) -> dict:
+def shared_pretraining(world, out: Path, row: str, steps: int, seed: int, overrides: list[str]) -> dict:
+    """`pretrain` once per row at `seed`, kept with its recipe in pretrain.json and reused by every
+    fine-tuning seed (and by a rerun)."""
+    run = out / row.replace("+", "plus_") / f"pretrain_seed{seed}"
+    recipe = {"world": str(Path(world.root).resolve()), "steps": steps, "seed": seed, "pretrain": overrides}
+    saved = run / "pretrain.json"
+    if saved.exists():
+        kept = json.loads(saved.read_text())
+        if kept.get("recipe") == recipe and Path(kept["result"]["export"], "config.json").is_file():
+            return kept["result"]
+    result = pretrain(world, run, steps, seed, overrides)
+    saved.write_text(json.dumps({"recipe": recipe, "result": result}, indent=1))
+    return result
+
+
+def run_row(world, out: Path, row: str, seed: int, steps: dict[str, int], train_fraction: float,
+            pretrain_seed: int | None = None) -> dict:
     """One row at one seed: pretraining (unless "none"), VQA at `train_fraction`, retrieval.
+    pretrain_seed: pretrain once with this seed and fine-tune each seed from it (the fine-tuning
+    seed's spread alone) instead of pretraining with every seed.
 
     The result is kept in the run's result.json with what produced it, so a rerun (after a crash,
     or with more rows or seeds) reuses finished runs instead of repeating minutes of training.
@@ -79,9 +97,9 @@ def run_row(world, out: Path, row: str, seed: int, steps: dict[str, int], train_
     from vlbert.tasks.demo import retrieval_args, run_retrieval, run_vqa, vqa_args
 
     pre_overrides, vqa_overrides = ROWS[row]
-    run = out / row.replace("+", "plus_") / f"seed{seed}"
+    run = out / row.replace("+", "plus_") / (f"seed{seed}" if pretrain_seed is None else f"seed{seed}_from{pretrain_seed}")
     recipe = {"world": str(Path(world.root).resolve()), "steps": steps, "train_fraction": train_fraction,
-              "pretrain": pre_overrides, "vqa": vqa_overrides}
+              "pretrain": pre_overrides, "vqa": vqa_overrides, **({} if pretrain_seed is None else {"pretrain_seed": pretrain_seed})}
     saved = run / "result.json"
     if saved.exists():
         kept = json.loads(saved.read_text())
@@ -91,7 +109,10 @@ def run_row(world, out: Path, row: str, seed: int, steps: dict[str, int], train_
     result: dict = {"objectives": {}}
     init = None
     if pre_overrides is not None:
-        pre = pretrain(world, run / "pretrain", steps["pretrain"], seed, pre_overrides)
+        if pretrain_seed is None:
+            pre = pretrain(world, run / "pretrain", steps["pretrain"], seed, pre_overrides)
+        else:
+            pre = shared_pretraining(world, out, row, steps["pretrain"], pretrain_seed, pre_overrides)
         init, result["objectives"] = pre["export"], pre["objectives"]
     seeds = ["--seed_everything", str(seed), "--data.num_workers", "0"]
     vqa = vqa_args(world, str(world.features_path), run / "vqa", init, world.feature_dim, train_fraction, steps["vqa"])
@@ -108,13 +129,19 @@ METRICS = ("vqa_acc", "i2t_r1", "t2i_r1")
 
 
 def summarise(per_seed: dict[str, dict[int, dict]]) -> dict:
-    """Per row: objectives, per-seed metrics and their means."""
+    """Per row: objectives, per-seed metrics and their means; with a "none" row, each row's VQA gain
+    over it seed by seed (the same fine-tuning seed) and the smallest of those gains."""
     table = {}
+    baseline = per_seed.get("none", {})
     for row, seeds in per_seed.items():
         runs = list(seeds.values())
         mean = {m: round(sum(r[m] for r in runs) / len(runs), 2) for m in METRICS if all(m in r for r in runs)}
         table[row] = {"objectives": runs[0]["objectives"], "mean": mean,
                       "seeds": {str(s): {m: r[m] for m in METRICS if m in r} for s, r in seeds.items()}}
+        gains = {str(s): round(r["vqa_acc"] - baseline[s]["vqa_acc"], 2) for s, r in seeds.items() if s in baseline}
+        if row != "none" and gains:
+            table[row]["vqa_gain_over_none"] = gains
+            table[row]["min_vqa_gain"] = min(gains.values())
     return table
 
 
@@ -148,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vqa-steps", type=int, default=1000)
     parser.add_argument("--retrieval-steps", type=int, default=400, help="0 skips retrieval")
     parser.add_argument("--train-fraction", type=float, default=0.1, help="fraction of the VQA training questions")
+    parser.add_argument("--pretrain-seed", type=int, default=None,
+                        help="pretrain each row once with this seed and fine-tune every seed from it (default: "
+                             "pretrain with each seed)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     rows = parse_rows(args.rows)
@@ -174,11 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         for seed in range(args.seeds):
             print(f"[ablation] {row} seed {seed}", flush=True)
-            per_seed.setdefault(row, {})[seed] = run_row(world, out, row, seed, steps, args.train_fraction)
+            per_seed.setdefault(row, {})[seed] = run_row(world, out, row, seed, steps, args.train_fraction, args.pretrain_seed)
     table = summarise(per_seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.md").write_text(markdown(table, args.train_fraction))
-    print(json.dumps({"rows": table, "steps": steps, "train_fraction": args.train_fraction,
+    print(json.dumps({"rows": table, "steps": steps, "train_fraction": args.train_fraction, "pretrain_seed": args.pretrain_seed,
                       "seconds": round(time.time() - started, 1)}))
     return 0
 

@@ -50,3 +50,20 @@ def test_ablation_end_to_end(tiny_world, tmp_path, capsys, monkeypatch):
     assert sum("reusing" in line for line in out) == 3
     again = json.loads(out[-1])["rows"]
     assert {k: again[k] for k in result["rows"]} == result["rows"] and set(again["mlm+itm"]["objectives"]) == {"mlm", "itm"}
+
+
+def test_one_pretraining_per_row_for_every_fine_tuning_seed(tiny_world, tmp_path, capsys, monkeypatch):
+    import logging
+
+    lightning_log = logging.getLogger("lightning.pytorch")
+    monkeypatch.setattr(lightning_log, "level", lightning_log.level)
+    ablation.main(["--world", str(tiny_world.root), "--out", str(tmp_path), "--rows", "none,mlm", "--seeds", "2",
+                   "--pretrain-seed", "0", "--pretrain-steps", "2", "--vqa-steps", "2", "--retrieval-steps", "0"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["pretrain_seed"] == 0
+    assert sorted(p.name for p in (tmp_path / "mlm").iterdir()) == ["pretrain_seed0", "seed0_from0", "seed1_from0"]
+    assert not list((tmp_path / "mlm").glob("seed*/pretrain"))
+    mlm, none = result["rows"]["mlm"], result["rows"]["none"]
+    gains = {s: round(mlm["seeds"][s]["vqa_acc"] - none["seeds"][s]["vqa_acc"], 2) for s in ("0", "1")}
+    assert mlm["vqa_gain_over_none"] == gains and mlm["min_vqa_gain"] == min(gains.values())
+    assert "vqa_gain_over_none" not in none
