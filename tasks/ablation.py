@@ -8,7 +8,7 @@ row. Prints one JSON line and writes ablation.md (mean and per-seed) under --out
 Rows are CLI overrides (ROWS below), so a new objective is one entry; --rows runs a subset.
 Default cost on one CPU thread (2-core development machine): per row and seed ~130 s of
 pretraining (5000 steps), ~22 s of VQA (1000 steps) and ~40 s of retrieval (400 steps), so the
-7 rows x 2 seeds take about 45 minutes; the world (4000 images, 12% test) is made once, ~10 s.
+7 rows x 2 seeds take about an hour; the world (4000 images, 12% test) is made once, ~10 s.
 Each run's result is kept (result.json beside it): a rerun reuses what finished.
 """
 from __future__ import annotations
