@@ -16,7 +16,10 @@ from vlbert.data.tags import TAG_TOKEN_TYPE, ObjectTags, with_tags
 from vlbert.errors import InputError
 from vlbert.featstore import FeatureStore
 from vlbert.modeling.model import VLBertForPretraining, VLBertModel, word_positions
+from vlbert.pretraining.cli import PretrainCLI  # Lightning imported at collection: its log handler binds the real stdout
+from vlbert.pretraining.datamodule import PretrainDataModule
 from vlbert.pretraining.dataset import PretrainDataset, collate_pretrain
+from vlbert.pretraining.module import PretrainModule
 from vlbert.pretraining.masking import IGNORE_INDEX
 from vlbert.pretraining.objectives import Objectives
 
@@ -208,10 +211,6 @@ def vqa_args(world, root, **extra) -> list[str]:
 
 
 def test_pretrain_then_vqa_then_answer_with_tags(tiny_world, tmp_path, capsys):
-    from vlbert.pretraining.cli import PretrainCLI
-    from vlbert.pretraining.datamodule import PretrainDataModule
-    from vlbert.pretraining.module import PretrainModule
-
     pre = tmp_path / "pre"
     args = tiny_pretrain_args(tiny_world, tmp_path / "p", **{
         "data.object_tags": "true", "model.objectives.tag_contrastive": 1, "model.objectives.mixing": "sum",
