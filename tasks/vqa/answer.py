@@ -31,7 +31,7 @@ import torch
 
 from vlbert.errors import InputError
 from vlbert.data.collate import collate_inputs
-from vlbert.data.tags import ObjectTags, with_tags
+from vlbert.data.tags import ObjectTags
 from vlbert.data.regions import box_locations
 from vlbert.data.tokenizer import load_tokenizer
 from vlbert.modeling import VLBertForVQA
@@ -168,9 +168,8 @@ def question_batch(tokenizer, questions: list[str], regions: tuple, max_text_len
         if labels is None:
             raise AnswerError("the model was fine-tuned with object tags, but these regions have no detector class "
                               "labels to make them from; give regions from a detector with classes")
-        segment = tags.segment(np.asarray(labels)[:max_regions])
         for item in items:
-            item["input_ids"], item["token_type_ids"] = with_tags(item["input_ids"], segment)
+            item["input_ids"], item["token_type_ids"] = tags.append_to(item["input_ids"], labels, max_regions)
     return collate_inputs(items, tokenizer.pad_token_id)
 
 

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from vlbert.data.collate import collate_inputs
 from vlbert.data.regions import box_locations
-from vlbert.data.tags import ObjectTags, with_tags
+from vlbert.data.tags import ObjectTags
 from vlbert.featstore import FeatureStore
 from vlbert.tasks.vqa.data import VQAExample
 
@@ -47,8 +47,7 @@ class VQADataset(Dataset):
         input_ids = self.input_ids[index]
         item = {}
         if self.tags is not None:
-            labels = record.top_labels()
-            input_ids, item["token_type_ids"] = with_tags(input_ids, self.tags.segment(None if labels is None else labels[: self.max_regions]))
+            input_ids, item["token_type_ids"] = self.tags.append_to(input_ids, record.top_labels(), self.max_regions)
         item |= {
             "index": index,
             "example": self.examples[index],

@@ -66,6 +66,10 @@ class ObjectTags:
             return np.zeros(0, np.int64)
         return np.concatenate([*(self.class_tokens[label] for label in taken), [self.sep_token_id]]).astype(np.int64)
 
+    def append_to(self, input_ids: np.ndarray, labels: np.ndarray | None, max_regions: int) -> tuple[np.ndarray, np.ndarray]:
+        """`with_tags` of the text and the tags of the first `max_regions` regions (those the model sees)."""
+        return with_tags(input_ids, self.segment(None if labels is None else np.asarray(labels)[:max_regions]))
+
     def words(self, labels: np.ndarray | None) -> list[str]:
         """The class names `segment` puts in the tags of `labels` (for display)."""
         return [self.class_names[label] for label in self._taken(labels)]

@@ -6,7 +6,6 @@ from functools import partial
 from torch.utils.data import DataLoader
 
 from vlbert.data.annotations import load_pairs
-from vlbert.errors import InputError
 from vlbert.featstore import FeatureStoreError
 from vlbert.pretraining.dataset import PretrainDataset, collate_pretrain
 from vlbert.pretraining.objectives import Objectives
@@ -77,8 +76,6 @@ class PretrainDataModule(TrainingDataModule):
         if self.store is not None:
             return
         hp = self.hparams
-        if self.objectives.tag_contrastive > 0 and not hp.object_tags:
-            raise InputError("objectives.tag_contrastive > 0 tells clean from polluted object tags: set data.object_tags: true")
         self.open_inputs()
         self.datasets = {}
         for split, path in (("train", hp.train_annotations), ("val", hp.val_annotations)):

@@ -20,7 +20,7 @@ from vlbert.data.annotations import CaptionPair
 from vlbert.errors import InputError
 from vlbert.data.collate import cat_rows, collate_inputs, fresh_memory_is_zeroed, new_tensors, pad_stack, round_up, torch_dtype
 from vlbert.data.regions import box_locations
-from vlbert.data.tags import ObjectTags, with_tags
+from vlbert.data.tags import ObjectTags
 from vlbert.data.samplers import EXAMPLE_POSITION_KEY, key_position, put_batch_position
 from vlbert.featstore import FeatureStore, RegionRecord
 from vlbert.pretraining.masking import IGNORE_INDEX, mask_regions, mask_tokens
@@ -168,8 +168,7 @@ class PretrainDataset(Dataset):
         input_ids, token_types = self.input_ids[index], None
         if self.tags is not None:
             tagged = record if plan.tag_image_id is None else self.store[plan.tag_image_id]
-            labels = tagged.top_labels()
-            input_ids, token_types = with_tags(input_ids, self.tags.segment(None if labels is None else labels[: self.max_regions]))
+            input_ids, token_types = self.tags.append_to(input_ids, tagged.top_labels(), self.max_regions)
         mlm_labels = np.full(len(input_ids), IGNORE_INDEX)
         if plan.mask_text:  # with tags: words and tags alike (Oscar)
             input_ids, mlm_labels = mask_tokens(
