@@ -70,16 +70,24 @@ def pretrain(world, run_dir: Path, steps: int, seed: int, overrides: list[str]) 
     return {"export": str(cli.model.export_dir), "objectives": {k: v for k, v in weights.items() if v > 0}}
 
 
+def kept_result(saved: Path, recipe: dict) -> dict | None:
+    """The result kept in `saved` when it was made by `recipe`, else None."""
+    if saved.exists():
+        kept = json.loads(saved.read_text())
+        if kept.get("recipe") == recipe:
+            return kept["result"]
+    return None
+
+
 def shared_pretraining(world, out: Path, row: str, steps: int, seed: int, overrides: list[str]) -> dict:
     """`pretrain` once per row at `seed`, kept with its recipe in pretrain.json and reused by every
     fine-tuning seed (and by a rerun)."""
     run = out / row.replace("+", "plus_") / f"pretrain_seed{seed}"
     recipe = {"world": str(Path(world.root).resolve()), "steps": steps, "seed": seed, "pretrain": overrides}
     saved = run / "pretrain.json"
-    if saved.exists():
-        kept = json.loads(saved.read_text())
-        if kept.get("recipe") == recipe and Path(kept["result"]["export"], "config.json").is_file():
-            return kept["result"]
+    kept = kept_result(saved, recipe)
+    if kept is not None and Path(kept["export"], "config.json").is_file():
+        return kept
     result = pretrain(world, run, steps, seed, overrides)
     saved.write_text(json.dumps({"recipe": recipe, "result": result}, indent=1))
     return result
@@ -101,11 +109,10 @@ def run_row(world, out: Path, row: str, seed: int, steps: dict[str, int], train_
     recipe = {"world": str(Path(world.root).resolve()), "steps": steps, "train_fraction": train_fraction,
               "pretrain": pre_overrides, "vqa": vqa_overrides, **({} if pretrain_seed is None else {"pretrain_seed": pretrain_seed})}
     saved = run / "result.json"
-    if saved.exists():
-        kept = json.loads(saved.read_text())
-        if kept.get("recipe") == recipe:
-            print(f"[ablation] {row} seed {seed}: reusing {saved}", flush=True)
-            return kept["result"]
+    kept = kept_result(saved, recipe)
+    if kept is not None:
+        print(f"[ablation] {row} seed {seed}: reusing {saved}", flush=True)
+        return kept
     result: dict = {"objectives": {}}
     init = None
     if pre_overrides is not None:

@@ -185,7 +185,7 @@ class TrainingModule(L.LightningModule):
             raise InputError(f"texts of up to data.max_text_len={datamodule.hparams.max_text_len}{tags} tokens exceed the "
                              f"model's max_position_embeddings={self.config.max_position_embeddings}; lower data.max_text_len"
                              f"{' or data.max_tags' if tags else ''}")
-        if getattr(datamodule, "tags", None) is not None and self.model.use_object_tags(TAG_TOKEN_TYPE):
+        if datamodule.tags is not None and self.model.use_object_tags(TAG_TOKEN_TYPE):
             log.info("object tags: the model has %d token types (tags are type %d, new ones initialised from the text's)",
                      self.config.type_vocab_size, TAG_TOKEN_TYPE)
 
